@@ -1,0 +1,50 @@
+# The README names these targets. Every target installs what it needs first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck unit integration bench broker-start broker-stop clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## setup: virtualenv, Python packages and the Kafka jars
+setup: $(STAMP)
+	$(BIN)/scorestream broker fetch
+
+## demo: local broker + topics + worker + simulated traffic; prints sales-ready leads
+demo: setup
+	./scripts/demo
+
+## test: lint, type check, unit/property/golden tests and integration tests on a real broker
+test: setup lint typecheck
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -m 'not integration'
+
+integration: setup
+	$(BIN)/pytest -m integration
+
+bench: setup
+	$(BIN)/python bench/engine_bench.py
+
+broker-start: setup
+	$(BIN)/scorestream broker start
+
+broker-stop: $(STAMP)
+	$(BIN)/scorestream broker stop
+
+clean:
+	rm -rf $(VENV) var build dist src/*.egg-info

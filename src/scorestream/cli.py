@@ -1,0 +1,157 @@
+"""The one entry point, ``scorestream``, and its subcommands.
+
+Exit codes (spec/cli.md): 0 success, 2 bad usage or invalid rules/config (with a
+message naming what is wrong), 1 any other failure. Command modules are imported
+lazily so that ``scorestream score`` never pays for importing Faust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from scorestream.settings import ConfigError, describe
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad usage or invalid rules/config: exit code 2."""
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _lazy(target: str) -> Handler:
+    """A handler that imports ``module:function`` only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        module_name, func_name = target.split(":")
+        func: Handler = getattr(importlib.import_module(module_name), func_name)
+        return func(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the README and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="scorestream",
+        description="Real-time, explainable lead scoring on Kafka event streams.",
+        epilog="settings (environment variables):\n" + describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML file of settings (same names, lower case)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "worker",
+        help="run the streaming service (Faust worker, HTTP API, /metrics)",
+        description="Consume the event topics, keep per-contact scores, emit sales-ready leads.",
+    )
+    p.set_defaults(handler=_lazy("scorestream.app.worker:main"))
+
+    p = sub.add_parser(
+        "score",
+        help="score a JSONL file of events offline with the same engine",
+        description="Offline scoring of a JSONL file (- for stdin), no Kafka needed.",
+    )
+    p.add_argument("--rules", required=True, metavar="PATH", help="scoring plan (YAML)")
+    p.add_argument("--at", metavar="T", help="evaluate at this RFC 3339 time (default: latest event)")
+    p.add_argument("--crossings", metavar="FILE", help="write every threshold crossing here")
+    p.add_argument("--rejects", metavar="FILE", help="write invalid input lines here")
+    p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
+    p.set_defaults(handler=_lazy("scorestream.offline:score_command"))
+
+    p = sub.add_parser(
+        "explain",
+        help="why is a contact's score what it is (offline, from a JSONL file)",
+        description="Per-rule points after decay and the recent ledger of one contact.",
+    )
+    p.add_argument("--rules", required=True, metavar="PATH", help="scoring plan (YAML)")
+    p.add_argument("--at", metavar="T", help="evaluate at this RFC 3339 time (default: latest event)")
+    p.add_argument("--contact", required=True, metavar="ID", help="contact (or anonymous) id")
+    p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
+    p.set_defaults(handler=_lazy("scorestream.offline:explain_command"))
+
+    rules = sub.add_parser("rules", help="work with scoring plans")
+    rules_sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND", required=True)
+    p = rules_sub.add_parser(
+        "check",
+        help="validate rule files and print a summary",
+        description="Validate rule files; print a summary of models, rules and thresholds.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="rule files")
+    p.set_defaults(handler=_lazy("scorestream.offline:rules_check_command"))
+
+    topics = sub.add_parser("topics", help="manage the declared Kafka topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", metavar="SUBCOMMAND", required=True)
+    p = topics_sub.add_parser(
+        "apply",
+        help="create or update the topics declared in topics/",
+        description="Create missing topics and report (and where Kafka allows, fix) differences.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+    p.set_defaults(handler=_lazy("scorestream.topics:apply_command"))
+
+    p = sub.add_parser(
+        "simulate",
+        help="publish realistic synthetic traffic to the event topics",
+        description="Publish synthetic visitors, campaigns and carts to the event topics.",
+    )
+    p.add_argument("--rate", type=float, default=200.0, help="events per second (0 = as fast as possible)")
+    p.add_argument("--events", type=int, default=0, help="stop after this many events (0 = no limit)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = no limit)")
+    p.add_argument("--contacts", type=int, default=500, help="number of distinct people")
+    p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same traffic)")
+    p.add_argument("--bad-ratio", type=float, default=0.0, help="share of deliberately invalid messages")
+    p.add_argument("--out", metavar="FILE", help="also write every event as JSONL to FILE")
+    p.add_argument("--dry-run", action="store_true", help="write to --out (or stdout) only, no Kafka")
+    p.set_defaults(handler=_lazy("scorestream.simulate:simulate_command"))
+
+    p = sub.add_parser(
+        "leads",
+        help="print sales-ready leads as they arrive on the leads topic",
+        description="Consume leads.sales_ready and print one line per crossing.",
+    )
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest lead")
+    p.add_argument("--max", type=int, default=0, help="stop after this many leads (0 = no limit)")
+    p.add_argument("--timeout", type=float, default=0.0, help="stop after this many idle seconds")
+    p.set_defaults(handler=_lazy("scorestream.leads:leads_command"))
+
+    broker = sub.add_parser("broker", help="a local single-node Kafka for development and tests")
+    broker_sub = broker.add_subparsers(dest="broker_command", metavar="SUBCOMMAND", required=True)
+    for name, text in (
+        ("fetch", "download the Kafka jars into the local cache (once)"),
+        ("start", "fetch Kafka (once), format storage, start it in the background, wait until ready"),
+        ("stop", "stop the local broker"),
+        ("status", "say whether the local broker runs and accepts connections"),
+    ):
+        p = broker_sub.add_parser(name, help=text, description=text)
+        p.set_defaults(handler=_lazy(f"scorestream.broker:{name}_command"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return int(args.handler(args))
+    except (UsageError, ConfigError) as exc:
+        print(f"scorestream: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        return EXIT_FAILURE
+

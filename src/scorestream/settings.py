@@ -1,0 +1,184 @@
+"""Settings from ``SCORESTREAM_*`` environment variables, with an optional YAML file.
+
+Precedence, highest first: environment variable, config file (``SCORESTREAM_CONFIG``
+or ``--config``), built-in default. Every setting is listed in :data:`SETTINGS`, which
+is also what ``scorestream --help`` and the README print, so the three cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "SCORESTREAM_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def _as_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected an integer, got {raw!r}") from None
+
+
+def _as_float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected a number, got {raw!r}") from None
+
+
+def _as_bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected true/false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service. Field docs are printed by ``--help``."""
+
+    bootstrap: str = field(
+        default="localhost:9092", metadata={"doc": "Kafka bootstrap servers"}
+    )
+    rules: str = field(
+        default="rules/b2b.yaml", metadata={"doc": "scoring plan file (YAML) used by the worker"}
+    )
+    topics_dir: str = field(default="topics", metadata={"doc": "folder of topic declarations"})
+    topic_prefix: str = field(
+        default="", metadata={"doc": "prefix added to every declared topic name (tests, tenants)"}
+    )
+    app_id: str = field(
+        default="scorestream",
+        metadata={"doc": "Faust app id = consumer group; also names the state changelog topic"},
+    )
+    state_dir: str = field(default="var/state", metadata={"doc": "local RocksDB state folder"})
+    web_host: str = field(default="127.0.0.1", metadata={"doc": "HTTP API / metrics bind address"})
+    web_port: int = field(default=6066, metadata={"doc": "HTTP API / metrics port"})
+    max_message_bytes: int = field(
+        default=1_000_000, metadata={"doc": "larger input messages go to the DLQ"}
+    )
+    checkpoint_interval: float = field(
+        default=0.5,
+        metadata={"doc": "seconds between state checkpoints (changelog flush + offset commit)"},
+    )
+    tick_interval: float = field(
+        default=1.0, metadata={"doc": "seconds between timer/decay sweeps of idle contacts"}
+    )
+    lateness: float = field(
+        default=5.0,
+        metadata={"doc": "seconds of event-time lateness tolerated before timers fire"},
+    )
+    idle_timeout: float = field(
+        default=10.0,
+        metadata={"doc": "seconds without events after which a partition's clock follows wall time"},
+    )
+    cache_contacts: int = field(
+        default=200_000, metadata={"doc": "contact states kept in memory per worker"}
+    )
+    rocksdb_block_cache_mb: int = field(
+        default=64, metadata={"doc": "RocksDB block cache per partition store, MiB"}
+    )
+    log_level: str = field(default="info", metadata={"doc": "worker log level"})
+    # Kafka security, passed through to every client unchanged.
+    security_protocol: str = field(
+        default="PLAINTEXT", metadata={"doc": "Kafka security.protocol (PLAINTEXT, SSL, SASL_SSL...)"}
+    )
+    sasl_mechanism: str = field(default="", metadata={"doc": "Kafka sasl.mechanism (PLAIN, SCRAM-SHA-256...)"})
+    sasl_username: str = field(default="", metadata={"doc": "Kafka SASL user name"})
+    sasl_password: str = field(default="", metadata={"doc": "Kafka SASL password"})
+    ssl_cafile: str = field(default="", metadata={"doc": "CA bundle for Kafka TLS"})
+    ssl_certfile: str = field(default="", metadata={"doc": "client certificate for Kafka TLS"})
+    ssl_keyfile: str = field(default="", metadata={"doc": "client key for Kafka TLS"})
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, config_file: str | None = None
+    ) -> Settings:
+        """Build settings from a config file (optional) and the environment."""
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        path = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+        if path:
+            values.update(_read_config_file(Path(path)))
+        for f in fields(cls):
+            raw = env.get(f"{ENV_PREFIX}{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = raw
+        return cls(**{name: _coerce(name, value) for name, value in values.items()})
+
+    def kafka_security(self) -> dict[str, str]:
+        """Security options in librdkafka (confluent-kafka) spelling; empty ones left out."""
+        conf = {"security.protocol": self.security_protocol}
+        for key, value in (
+            ("sasl.mechanism", self.sasl_mechanism),
+            ("sasl.username", self.sasl_username),
+            ("sasl.password", self.sasl_password),
+            ("ssl.ca.location", self.ssl_cafile),
+            ("ssl.certificate.location", self.ssl_certfile),
+            ("ssl.key.location", self.ssl_keyfile),
+        ):
+            if value:
+                conf[key] = value
+        return conf
+
+    def topic(self, name: str) -> str:
+        """The real name of a declared topic (with the configured prefix)."""
+        return f"{self.topic_prefix}{name}"
+
+
+_COERCE: dict[type | str, Callable[[str, str], Any]] = {
+    "int": _as_int,
+    "float": _as_float,
+    "bool": _as_bool,
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kinds = {f.name: f.type for f in fields(Settings)}
+    if name not in kinds:
+        raise ConfigError(f"unknown setting {name!r}")
+    kind = kinds[name]
+    if kind == "str":
+        return str(value)
+    conv = _COERCE[kind]
+    return conv(name, str(value))
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of setting names to values")
+    known = {f.name for f in fields(Settings)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+    return dict(data)
+
+
+def describe() -> str:
+    """One line per setting: variable name, default and meaning (for --help and README)."""
+    lines = []
+    for f in fields(Settings):
+        lines.append(
+            f"  {ENV_PREFIX}{f.name.upper():<26} default {f.default!r}: {f.metadata.get('doc', '')}"
+        )
+    return "\n".join(lines)
