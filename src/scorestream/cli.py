@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Offline scoring of a JSONL file (- for stdin), no Kafka needed.",
     )
     p.add_argument("--rules", required=True, metavar="PATH", help="scoring plan (YAML)")
-    p.add_argument("--at", metavar="T", help="evaluate at this RFC 3339 time (default: latest event)")
+    p.add_argument(
+        "--at", metavar="T", help="evaluate at this RFC 3339 time (default: latest event)"
+    )
     p.add_argument("--crossings", metavar="FILE", help="write every threshold crossing here")
     p.add_argument("--rejects", metavar="FILE", help="write invalid input lines here")
     p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
@@ -75,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-rule points after decay and the recent ledger of one contact.",
     )
     p.add_argument("--rules", required=True, metavar="PATH", help="scoring plan (YAML)")
-    p.add_argument("--at", metavar="T", help="evaluate at this RFC 3339 time (default: latest event)")
+    p.add_argument(
+        "--at", metavar="T", help="evaluate at this RFC 3339 time (default: latest event)"
+    )
     p.add_argument("--contact", required=True, metavar="ID", help="contact (or anonymous) id")
     p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
     p.set_defaults(handler=_lazy("scorestream.offline:explain_command"))
@@ -97,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="create or update the topics declared in topics/",
         description="Create missing topics and report (and where Kafka allows, fix) differences.",
     )
-    p.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="report what would change, change nothing"
+    )
     p.set_defaults(handler=_lazy("scorestream.topics:apply_command"))
 
     p = sub.add_parser(
@@ -105,14 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish realistic synthetic traffic to the event topics",
         description="Publish synthetic visitors, campaigns and carts to the event topics.",
     )
-    p.add_argument("--rate", type=float, default=200.0, help="events per second (0 = as fast as possible)")
-    p.add_argument("--events", type=int, default=0, help="stop after this many events (0 = no limit)")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = no limit)")
+    p.add_argument(
+        "--rate", type=float, default=200.0, help="events per second (0 = as fast as possible)"
+    )
+    p.add_argument(
+        "--events", type=int, default=0, help="stop after this many events (0 = no limit)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0 = no limit)"
+    )
     p.add_argument("--contacts", type=int, default=500, help="number of distinct people")
     p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same traffic)")
-    p.add_argument("--bad-ratio", type=float, default=0.0, help="share of deliberately invalid messages")
+    p.add_argument(
+        "--bad-ratio", type=float, default=0.0, help="share of deliberately invalid messages"
+    )
     p.add_argument("--out", metavar="FILE", help="also write every event as JSONL to FILE")
-    p.add_argument("--dry-run", action="store_true", help="write to --out (or stdout) only, no Kafka")
+    p.add_argument(
+        "--dry-run", action="store_true", help="write to --out (or stdout) only, no Kafka"
+    )
     p.set_defaults(handler=_lazy("scorestream.simulate:simulate_command"))
 
     p = sub.add_parser(
@@ -129,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     broker_sub = broker.add_subparsers(dest="broker_command", metavar="SUBCOMMAND", required=True)
     for name, text in (
         ("fetch", "download the Kafka jars into the local cache (once)"),
-        ("start", "fetch Kafka (once), format storage, start it in the background, wait until ready"),
+        (
+            "start",
+            "fetch Kafka (once), format storage, start it in the background, wait until ready",
+        ),
         ("stop", "stop the local broker"),
         ("status", "say whether the local broker runs and accepts connections"),
     ):
@@ -154,4 +173,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_FAILURE
-
