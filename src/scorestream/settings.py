@@ -49,9 +49,7 @@ def _as_bool(name: str, raw: str) -> bool:
 class Settings:
     """Every knob of the service. Field docs are printed by ``--help``."""
 
-    bootstrap: str = field(
-        default="localhost:9092", metadata={"doc": "Kafka bootstrap servers"}
-    )
+    bootstrap: str = field(default="localhost:9092", metadata={"doc": "Kafka bootstrap servers"})
     rules: str = field(
         default="rules/b2b.yaml", metadata={"doc": "scoring plan file (YAML) used by the worker"}
     )
@@ -82,7 +80,9 @@ class Settings:
     )
     idle_timeout: float = field(
         default=10.0,
-        metadata={"doc": "seconds without events after which a partition's clock follows wall time"},
+        metadata={
+            "doc": "seconds without events after which a partition's clock follows wall time"
+        },
     )
     cache_contacts: int = field(
         default=200_000, metadata={"doc": "contact states kept in memory per worker"}
@@ -91,11 +91,26 @@ class Settings:
         default=64, metadata={"doc": "RocksDB block cache per partition store, MiB"}
     )
     log_level: str = field(default="info", metadata={"doc": "worker log level"})
+    # The local development broker (``scorestream broker ...``).
+    broker_dir: str = field(
+        default="var/kafka",
+        metadata={"doc": "local broker folder: server.properties, data/, logs/, pid file"},
+    )
+    broker_port: int = field(
+        default=9092, metadata={"doc": "local broker port on 127.0.0.1 (controller: port + 1)"}
+    )
+    kafka_cache: str = field(
+        default="~/.cache/scorestream",
+        metadata={"doc": "cache of the Kafka jars from Maven Central (kafka-<version>/libs)"},
+    )
     # Kafka security, passed through to every client unchanged.
     security_protocol: str = field(
-        default="PLAINTEXT", metadata={"doc": "Kafka security.protocol (PLAINTEXT, SSL, SASL_SSL...)"}
+        default="PLAINTEXT",
+        metadata={"doc": "Kafka security.protocol (PLAINTEXT, SSL, SASL_SSL...)"},
     )
-    sasl_mechanism: str = field(default="", metadata={"doc": "Kafka sasl.mechanism (PLAIN, SCRAM-SHA-256...)"})
+    sasl_mechanism: str = field(
+        default="", metadata={"doc": "Kafka sasl.mechanism (PLAIN, SCRAM-SHA-256...)"}
+    )
     sasl_username: str = field(default="", metadata={"doc": "Kafka SASL user name"})
     sasl_password: str = field(default="", metadata={"doc": "Kafka SASL password"})
     ssl_cafile: str = field(default="", metadata={"doc": "CA bundle for Kafka TLS"})
