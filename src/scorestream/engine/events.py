@@ -1,0 +1,324 @@
+"""Input events (spec/events.md): frozen pydantic models, decoded from bytes in one place.
+
+:func:`decode_event` is the only way bytes become an :data:`Event`; every failure is an
+:class:`InvalidEvent` whose ``reason`` says precisely what is wrong, so the worker can
+put it in the DLQ and ``scorestream score`` in the rejects file.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import cached_property
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from scorestream.engine.timeutil import to_us
+
+EMAIL_TYPES = ("email_sent", "email_open", "email_click", "email_unsubscribe", "email_bounce")
+CART_TYPES = (
+    "cart_add",
+    "cart_remove",
+    "product_review_view",
+    "product_compare",
+    "checkout_start",
+    "purchase",
+    "cart_abandon",
+)
+#: Event types with a fixed meaning; any other well-formed type is a custom event.
+KNOWN_TYPES: dict[str, str] = {
+    "page_view": "page_view",
+    **{t: "email" for t in EMAIL_TYPES},
+    "form_submit": "form_submit",
+    **{t: "cart" for t in CART_TYPES},
+    "profile_update": "profile_update",
+    "identify": "identify",
+}
+
+TYPE_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+DEFAULT_MAX_BYTES = 1_000_000
+
+StrictStr = Annotated[str, Strict()]
+#: accepted Python types of a well-known property, and whether it is required
+PropSpec = dict[str, tuple[type | tuple[type, ...], bool]]
+Id = Annotated[str, Strict(), Field(min_length=1, max_length=256)]
+Timestamp = Annotated[AwareDatetime, Field()]
+
+
+class InvalidEvent(ValueError):
+    """An input that is not a valid event; ``reason`` is the human-readable cause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _check_props(props: dict[str, Any], spec: PropSpec) -> None:
+    """Type-check well-known properties; ``spec`` maps name to (types, required)."""
+    for name, (kinds, required) in spec.items():
+        if name not in props:
+            if required:
+                raise PydanticCustomError(
+                    "missing_property", "properties.{name}: required", {"name": name}
+                )
+            continue
+        value = props[name]
+        # bool is an int subclass: a number property must not accept true/false.
+        if not isinstance(value, kinds) or (
+            isinstance(value, bool) and bool not in _as_tuple(kinds)
+        ):
+            raise PydanticCustomError(
+                "property_type",
+                "properties.{name}: expected {kind}, got {got}",
+                {"name": name, "kind": _kind_name(kinds), "got": _json_kind(value)},
+            )
+
+
+def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _kind_name(kinds: type | tuple[type, ...]) -> str:
+    names = {str: "string", dict: "object", int: "number", float: "number", list: "array"}
+    return " or ".join(sorted({names.get(k, k.__name__) for k in _as_tuple(kinds)}))
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+_NUM = (int, float)
+
+
+class _EventBase(BaseModel):
+    """Fields shared by every event type."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    event_id: Annotated[str, Strict(), Field(min_length=1, max_length=128)]
+    type: Annotated[str, Strict(), Field(pattern=TYPE_PATTERN)]
+    contact_id: Id | None = None
+    anonymous_id: Id | None = None
+    occurred_at: Timestamp
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    #: well-known properties of this type: name -> (accepted JSON types, required)
+    PROPS: ClassVar[PropSpec] = {}
+
+    @model_validator(mode="after")
+    def _finish(self) -> _EventBase:
+        if self.contact_id is None and self.anonymous_id is None:
+            raise PydanticCustomError(
+                "missing_identity", "one of contact_id or anonymous_id is required", {}
+            )
+        if self.PROPS:
+            _check_props(self.properties, self.PROPS)
+        self._check_specific()
+        return self
+
+    def _check_specific(self) -> None:
+        """Per-type checks beyond property types."""
+
+    # cached_property writes the instance __dict__ directly, which a frozen model allows.
+    @cached_property
+    def key(self) -> str:
+        """Routing key: the contact id, or the anonymous id when there is none."""
+        return self.contact_id if self.contact_id is not None else self.anonymous_id or ""
+
+    @cached_property
+    def ts(self) -> int:
+        """Event time, integer microseconds since the epoch."""
+        return to_us(self.occurred_at)
+
+    @property
+    def anonymous(self) -> bool:
+        """True when the event names no contact, only a tracker cookie."""
+        return self.contact_id is None
+
+
+class PageView(_EventBase):
+    """A page view on a tracked website."""
+
+    type: Literal["page_view"]
+    PROPS = {
+        "url": (str, True),
+        "title": (str, False),
+        "referrer": (str, False),
+        "utm_source": (str, False),
+        "utm_medium": (str, False),
+        "utm_campaign": (str, False),
+    }
+
+
+class EmailEvent(_EventBase):
+    """An e-mail delivery, open, click, unsubscribe or bounce."""
+
+    type: Literal["email_sent", "email_open", "email_click", "email_unsubscribe", "email_bounce"]
+    PROPS = {"campaign_id": (str, False), "message_id": (str, False), "link_url": (str, False)}
+
+
+class FormSubmit(_EventBase):
+    """A submitted web form."""
+
+    type: Literal["form_submit"]
+    PROPS = {"form_id": (str, True), "fields": (dict, False)}
+
+
+class CartEvent(_EventBase):
+    """A shop event: cart, product views, checkout, purchase, abandonment."""
+
+    type: Literal[
+        "cart_add",
+        "cart_remove",
+        "product_review_view",
+        "product_compare",
+        "checkout_start",
+        "purchase",
+        "cart_abandon",
+    ]
+    PROPS = {
+        "product_id": (str, False),
+        "category": (str, False),
+        "value": (_NUM, False),
+        "currency": (str, False),
+    }
+
+
+class ProfileUpdate(_EventBase):
+    """New values of contact attributes (``null`` removes an attribute)."""
+
+    type: Literal["profile_update"]
+    PROPS = {"attributes": (dict, True)}
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The attribute changes carried by this event."""
+        value: dict[str, Any] = self.properties["attributes"]
+        return value
+
+
+class Identify(_EventBase):
+    """The anonymous visitor is now known as the contact."""
+
+    type: Literal["identify"]
+
+    def _check_specific(self) -> None:
+        if self.contact_id is None or self.anonymous_id is None:
+            raise PydanticCustomError(
+                "identify_ids", "identify needs both contact_id and anonymous_id", {}
+            )
+
+
+class CustomEvent(_EventBase):
+    """Any other event type (subscription_renewed, app_download, ...): free-form."""
+
+
+def _tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if isinstance(kind, str):
+        return KNOWN_TYPES.get(kind, "custom")
+    return "custom"  # the custom model then reports the missing or ill-typed `type`
+
+
+Event = Annotated[
+    Annotated[PageView, Tag("page_view")]
+    | Annotated[EmailEvent, Tag("email")]
+    | Annotated[FormSubmit, Tag("form_submit")]
+    | Annotated[CartEvent, Tag("cart")]
+    | Annotated[ProfileUpdate, Tag("profile_update")]
+    | Annotated[Identify, Tag("identify")]
+    | Annotated[CustomEvent, Tag("custom")],
+    Discriminator(_tag),
+]
+AnyEvent = PageView | EmailEvent | FormSubmit | CartEvent | ProfileUpdate | Identify | CustomEvent
+
+_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        # drop the union tag from the location: it is an implementation detail
+        loc = [str(p) for p in err["loc"] if p not in _TAGS]
+        where = ".".join(loc)
+        msg = err["msg"]
+        kind = err["type"]
+        if kind == "missing":
+            parts.append(f"missing field: {where}")
+        elif kind in {"missing_property", "property_type", "missing_identity", "identify_ids"}:
+            parts.append(msg)
+        elif kind == "json_invalid":
+            parts.append(f"not valid JSON: {err.get('ctx', {}).get('error', msg)}")
+        elif kind == "model_type" and not where:
+            parts.append("not a JSON object")
+        else:
+            parts.append(f"{where}: {msg}" if where else msg)
+    more = len(exc.errors()) - 3
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+_TAGS = {"page_view", "email", "form_submit", "cart", "profile_update", "identify", "custom"}
+
+
+def decode_event(data: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
+    """Bytes (UTF-8 JSON) to a validated event, or :class:`InvalidEvent` with the reason."""
+    size = len(data)
+    if size > max_bytes:
+        raise InvalidEvent(f"too large: {size} bytes > {max_bytes}")
+    try:
+        return _ADAPTER.validate_json(data)
+    except ValidationError as exc:
+        if isinstance(data, bytes | bytearray):
+            try:
+                bytes(data).decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise InvalidEvent(f"not UTF-8 text: byte {bad.start} is invalid") from None
+        raise InvalidEvent(_describe(exc)) from None
+
+
+def event_from_dict(obj: dict[str, Any]) -> AnyEvent:
+    """Validate an already-parsed JSON object (tests, simulation)."""
+    # Through JSON on purpose: the same strict rules as the wire (timestamps are strings).
+    return decode_event(json.dumps(obj), max_bytes=1 << 62)
+
+
+def event_to_dict(event: AnyEvent) -> dict[str, Any]:
+    """The wire form of an event (inverse of :func:`event_from_dict`)."""
+    out: dict[str, Any] = {"event_id": event.event_id, "type": event.type}
+    if event.contact_id is not None:
+        out["contact_id"] = event.contact_id
+    if event.anonymous_id is not None:
+        out["anonymous_id"] = event.anonymous_id
+    out["occurred_at"] = _iso(event.occurred_at)
+    if event.properties:
+        out["properties"] = event.properties
+    return out
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,203 @@
+"""Per-contact engine state: compact, bounded, and losslessly serialisable to bytes.
+
+What a contact holds, and the bounds that keep it small however long it lives
+(see :class:`Bounds`; the README repeats them):
+
+* per model: one number per rule for decayed or undecayed points (``half_life`` points
+  are kept as amounts at a reference time ``t0``, so a million old events are still one
+  float per rule); for ``expire_after``, one entry per distinct award time that has not
+  expired yet, coarsened beyond ``Bounds.buckets``;
+* the attributes from ``profile_update`` and the attribute points they earn;
+* which thresholds the contact is in, and how many crossings each has had (the
+  sequence number in ``crossing_id``);
+* the last ``Bounds.seen_ids`` event ids (as 64-bit hashes) for dedupe;
+* the last ``Bounds.ledger`` changes, for explanations;
+* pending ``unless`` timers (at most ``Bounds.timers``) and limit bookkeeping.
+
+Serialisation: ``b"S1"``, a 4-byte length, a JSON document, then the dedupe hashes as
+packed 8-byte integers. JSON floats round-trip exactly (``repr``), so
+``from_bytes(to_bytes(s))`` is the same state and gives the same future results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+MAGIC = b"S1"
+_LEN = struct.Struct(">I")
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """Upper bounds on what one contact's state holds."""
+
+    #: most recent distinct event ids remembered for dedupe
+    seen_ids: int = 512
+    #: most recent ledger entries kept for explanations
+    ledger: int = 50
+    #: pending ``unless`` timers per contact; further ones are not started (and counted)
+    timers: int = 256
+    #: live ``expire_after`` entries per model; beyond, the two closest in time merge
+    buckets: int = 256
+
+
+def id_hash(event_id: str) -> int:
+    """A stable 64-bit hash of an event id (dedupe memory stores these, not the strings)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+
+
+class ModelState:
+    """One model's part of a contact."""
+
+    __slots__ = ("attr", "buckets", "counts", "inside", "pts", "t0")
+
+    def __init__(self) -> None:
+        #: half_life: reference time of ``pts``; otherwise unused
+        self.t0: int = 0
+        #: rule id -> points (half_life: amount at t0; none: plain sum)
+        self.pts: dict[str, float] = {}
+        #: expire_after: [award time, rule id, points], sorted by time
+        self.buckets: list[list[Any]] = []
+        #: attribute rule id -> points, for the rules the current attributes match
+        self.attr: dict[str, float] = {}
+        #: names of thresholds the contact is in
+        self.inside: list[str] = []
+        #: threshold name -> crossings so far (both directions)
+        self.counts: dict[str, int] = {}
+
+    def dump(self) -> list[Any]:
+        """JSON-ready form."""
+        return [self.t0, self.pts, self.buckets, self.attr, self.inside, self.counts]
+
+    @classmethod
+    def load(cls, raw: list[Any]) -> ModelState:
+        """Inverse of :meth:`dump`."""
+        ms = cls()
+        ms.t0, ms.pts, ms.buckets, ms.attr, ms.inside, ms.counts = raw
+        return ms
+
+
+class ContactState:
+    """Everything the engine knows about one contact (or anonymous visitor)."""
+
+    __slots__ = (
+        "_seen_set",
+        "alias",
+        "anonymous",
+        "attrs",
+        "clock",
+        "key",
+        "ledger",
+        "limits",
+        "models",
+        "rules_version",
+        "seen",
+        "timers",
+    )
+
+    def __init__(self, key: str, anonymous: bool = False) -> None:
+        self.key = key
+        #: True while every event of this profile named only an anonymous id
+        self.anonymous = anonymous
+        #: latest event time this state has been advanced to (µs), None when new
+        self.clock: int | None = None
+        #: set once an anonymous profile has been merged into a contact
+        self.alias: str | None = None
+        self.attrs: dict[str, Any] = {}
+        self.models: dict[str, ModelState] = {}
+        #: dedupe memory: 64-bit id hashes, oldest first
+        self.seen: array[int] = array("Q")
+        self._seen_set: set[int] | None = None
+        #: [event_id, model, rule_id, points, time µs], oldest first
+        self.ledger: list[list[Any]] = []
+        #: pending unless timers: [due, model, rule_id, match_values, start, event_id, points]
+        self.timers: list[list[Any]] = []
+        #: "model/rule" -> award times (windowed limit) or award count (limit ever)
+        self.limits: dict[str, Any] = {}
+        #: version of the rules the attribute points were computed with
+        self.rules_version: str = ""
+
+    # -- dedupe
+
+    def has_seen(self, h: int) -> bool:
+        """Whether an event id hash is in the dedupe memory."""
+        if self._seen_set is None:
+            self._seen_set = set(self.seen)
+        return h in self._seen_set
+
+    def remember(self, h: int, bound: int) -> None:
+        """Add an id hash, forgetting the oldest beyond ``bound``."""
+        if self._seen_set is None:
+            self._seen_set = set(self.seen)
+        self.seen.append(h)
+        self._seen_set.add(h)
+        excess = len(self.seen) - bound
+        if excess > 0:
+            for old in self.seen[:excess]:
+                self._seen_set.discard(old)
+            del self.seen[:excess]
+
+    # -- serialisation
+
+    def to_bytes(self) -> bytes:
+        """Lossless, compact bytes (see the module docstring for the layout)."""
+        doc = [
+            self.key,
+            self.anonymous,
+            self.clock,
+            self.alias,
+            self.attrs,
+            {name: ms.dump() for name, ms in self.models.items()},
+            self.ledger,
+            self.timers,
+            self.limits,
+            self.rules_version,
+        ]
+        body = json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+        seen = self.seen
+        if seen.itemsize == 8 and _LITTLE:
+            seen = array("Q", seen)
+            seen.byteswap()
+        return MAGIC + _LEN.pack(len(body)) + body + seen.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ContactState:
+        """Inverse of :meth:`to_bytes`; raises ValueError on anything else."""
+        if data[:2] != MAGIC:
+            raise ValueError("not a scorestream contact state (bad magic)")
+        (size,) = _LEN.unpack_from(data, 2)
+        body = data[6 : 6 + size]
+        doc = json.loads(body)
+        state = cls(doc[0], doc[1])
+        state.clock = doc[2]
+        state.alias = doc[3]
+        state.attrs = doc[4]
+        state.models = {name: ModelState.load(raw) for name, raw in doc[5].items()}
+        state.ledger = doc[6]
+        state.timers = doc[7]
+        state.limits = doc[8]
+        state.rules_version = doc[9]
+        seen = array("Q")
+        seen.frombytes(data[6 + size :])
+        if _LITTLE:
+            seen.byteswap()
+        state.seen = seen
+        return state
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ContactState):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ContactState(key={self.key!r}, clock={self.clock}, models={list(self.models)})"
+
+
+_LITTLE = struct.pack("=I", 1) == struct.pack("<I", 1)

@@ -1,0 +1,91 @@
+"""Event time as integer microseconds since the Unix epoch, durations, RFC 3339.
+
+Integers make ordering and window edges exact (``(t - D, t]`` is a comparison of
+ints, not of floats); floats appear only inside the decay maths.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+US_PER_SECOND = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+_DURATION = re.compile(r"^([1-9][0-9]*)([smhdw])$")
+_UNIT_US = {
+    "s": US_PER_SECOND,
+    "m": 60 * US_PER_SECOND,
+    "h": 3600 * US_PER_SECOND,
+    "d": 86400 * US_PER_SECOND,
+    "w": 7 * 86400 * US_PER_SECOND,
+}
+
+
+class TimeFormatError(ValueError):
+    """A duration or timestamp string is not in the accepted form."""
+
+
+def parse_duration(text: object) -> int:
+    """``30s``, ``15m``, ``24h``, ``7d``, ``2w`` to microseconds; nothing else is accepted."""
+    if not isinstance(text, str):
+        raise TimeFormatError(
+            f"expected a duration string such as 30s, 15m, 24h, 7d or 2w, got {text!r}"
+        )
+    match = _DURATION.match(text)
+    if match is None:
+        raise TimeFormatError(
+            f"invalid duration {text!r}: use a whole number and one of s, m, h, d, w (e.g. 24h)"
+        )
+    return int(match.group(1)) * _UNIT_US[match.group(2)]
+
+
+def format_duration(us: int) -> str:
+    """The inverse of :func:`parse_duration` for whole units (largest unit that fits)."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_US[unit]
+        if us % size == 0:
+            return f"{us // size}{unit}"
+    return f"{us / US_PER_SECOND}s"
+
+
+def to_us(moment: datetime) -> int:
+    """An aware datetime to integer microseconds since the epoch."""
+    return (moment - _EPOCH) // _ONE_US
+
+
+def from_us(us: int) -> datetime:
+    """Integer microseconds since the epoch to an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def format_ts(us: int) -> str:
+    """RFC 3339 in UTC with ``Z``; fractional seconds only when not whole."""
+    moment = from_us(us)
+    if moment.microsecond:
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0")
+    else:
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return text + "Z"
+
+
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_ts(text: str) -> int:
+    """An RFC 3339 timestamp with offset to microseconds (sub-microsecond digits dropped)."""
+    if not isinstance(text, str) or not _RFC3339.match(text):
+        raise TimeFormatError(
+            f"invalid timestamp {text!r}: expected RFC 3339 with offset, e.g. 2026-03-01T10:15:00Z"
+        )
+    norm = text.replace("z", "Z").replace("t", "T")
+    frac = re.search(r"\.(\d+)", norm)
+    if frac and len(frac.group(1)) > 6:
+        norm = norm.replace(frac.group(0), "." + frac.group(1)[:6])
+    try:
+        return to_us(datetime.fromisoformat(norm))
+    except ValueError as exc:
+        raise TimeFormatError(f"invalid timestamp {text!r}: {exc}") from None
