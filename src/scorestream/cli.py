@@ -12,15 +12,10 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from scorestream.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
 from scorestream.settings import ConfigError, describe
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad usage or invalid rules/config: exit code 2."""
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
 
 Handler = Callable[[argparse.Namespace], int]
