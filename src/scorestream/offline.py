@@ -13,12 +13,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from scorestream.engine.events import InvalidEvent, decode_event
 from scorestream.engine.population import Population
-from scorestream.engine.rules import RuleSet, RulesError, load_rules
+from scorestream.engine.rules import RulesError, RuleSet, load_rules
 from scorestream.engine.scorer import Crossing, Engine
 from scorestream.engine.timeutil import TimeFormatError, parse_ts
+from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from scorestream.settings import Settings
 
 
