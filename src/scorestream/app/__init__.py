@@ -1,0 +1,1 @@
+"""The live service: the Faust worker around the engine (see ``worker``)."""
