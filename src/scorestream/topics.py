@@ -440,7 +440,7 @@ def apply_command(args: argparse.Namespace) -> int:
     settings = Settings.load(config_file=getattr(args, "config", None))
     decls = load_declarations(settings.topics_dir)  # TopicDeclarationError: exit 2
     try:
-        lines = apply(decls, settings, dry_run=bool(args.dry_run))
+        lines = apply(decls, settings, dry_run=bool(args.dry_run), timeout=APPLY_TIMEOUT)
     except KafkaUnavailableError as exc:
         print(f"scorestream: {exc}", file=sys.stderr)
         return 1
