@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="write to --out (or stdout) only, no Kafka"
     )
+    p.add_argument(
+        "--start",
+        metavar="T",
+        help="simulated event time of the first event (RFC 3339); default: the wall clock",
+    )
     p.set_defaults(handler=_lazy("scorestream.simulate:simulate_command"))
 
     p = sub.add_parser(

@@ -136,10 +136,6 @@ def score_command(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         lines = _open_events(args.events, stack)
         run = score_lines(Engine(rules), lines, at, settings.max_message_bytes)
-    out = sys.stdout
-    for row in run.report():
-        out.write(_dump(row) + "\n")
-    out.flush()
     if args.crossings:
         try:
             with open(args.crossings, "w", encoding="utf-8") as fh:
@@ -159,6 +155,10 @@ def score_command(args: argparse.Namespace) -> int:
     else:
         for r in run.rejects:
             print(f"line {r.line}: {r.reason}", file=sys.stderr)
+    out = sys.stdout
+    for row in run.report():
+        out.write(_dump(row) + "\n")
+    out.flush()
     if run.after_at:
         print(f"scorestream: {run.after_at} events after --at were not scored", file=sys.stderr)
     return EXIT_OK

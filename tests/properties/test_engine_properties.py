@@ -25,9 +25,7 @@ BASE = parse_ts("2026-03-01T00:00:00Z")
 HOUR = 3600 * US_PER_SECOND
 DAY = 24 * HOUR
 
-PROFILE = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+PROFILE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _PAGE_URLS = ["/", "/blog/a", "/blog/b", "/pricing", "/pricing/team", "/about"]
 _FORMS = ["contact", "webinar-q1", "ebook-guide", "newsletter"]
@@ -44,9 +42,7 @@ def raw_events(draw: st.DrawFn, contacts: int = 3, max_size: int = 40) -> list[d
         t += gaps[i]
         who = draw(st.integers(0, contacts - 1))
         kind = draw(
-            st.sampled_from(
-                ["page", "page", "page", "form", "sent", "open", "unsub", "profile"]
-            )
+            st.sampled_from(["page", "page", "page", "form", "sent", "open", "unsub", "profile"])
         )
         ev: dict[str, Any] = {
             "event_id": f"e{i}",
@@ -160,7 +156,9 @@ def test_shuffling_the_rule_list_changes_nothing(raws: list[dict[str, Any]], see
 
 @PROFILE
 @given(raws=raw_events(), data=st.data())
-def test_a_duplicated_event_changes_nothing(raws: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_a_duplicated_event_changes_nothing(
+    raws: list[dict[str, Any]], data: st.DataObject
+) -> None:
     """Redelivering an event (same event_id, same contact) anywhere later has no effect."""
     events = to_events(raws)
     i = data.draw(st.integers(0, len(raws) - 1))
@@ -172,7 +170,9 @@ def test_a_duplicated_event_changes_nothing(raws: list[dict[str, Any]], data: st
 
 @PROFILE
 @given(raws=raw_events(), data=st.data())
-def test_serialise_then_load_changes_nothing(raws: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_serialise_then_load_changes_nothing(
+    raws: list[dict[str, Any]], data: st.DataObject
+) -> None:
     """Round-tripping every state through bytes mid-stream gives the same future results."""
     events = to_events(raws)
     cut = data.draw(st.integers(0, len(events)))

@@ -1,0 +1,149 @@
+"""Prometheus metrics of the worker, bundled; every metric takes ``registry=``.
+
+Tests build a fresh :class:`CollectorRegistry` and read values back with
+``registry.get_sample_value(...)``. Names follow ``scorestream_<thing>_<unit>``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+_CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics(NamedTuple):
+    """All metrics of one worker."""
+
+    registry: CollectorRegistry
+    events: Counter
+    dlq: Counter
+    crossings: Counter
+    processing: Histogram
+    event_delay: Histogram
+    checkpoints: Counter
+    checkpoint_seconds: Histogram
+    checkpoint_records: Counter
+    recovery_seconds: Histogram
+    recovered_records: Counter
+    timers_fired: Counter
+    contacts_cached: Gauge
+    partitions: Gauge
+    watermark: Gauge
+    consumer_lag: Gauge
+    ready: Gauge
+
+
+def create(registry: CollectorRegistry | None = None) -> Metrics:
+    """Create the worker's metrics in ``registry`` (a new one by default)."""
+    reg = registry if registry is not None else CollectorRegistry()
+    return Metrics(
+        registry=reg,
+        events=Counter(
+            "scorestream_events_total",
+            "Input messages by topic and outcome "
+            "(applied, duplicate, invalid, forwarded, replayed, internal)",
+            ["topic", "outcome"],
+            registry=reg,
+        ),
+        dlq=Counter(
+            "scorestream_dlq_total",
+            "Messages sent to the dead-letter topic, by source topic",
+            ["topic"],
+            registry=reg,
+        ),
+        crossings=Counter(
+            "scorestream_crossings_total",
+            "Threshold crossings emitted",
+            ["model", "threshold", "direction"],
+            registry=reg,
+        ),
+        processing=Histogram(
+            "scorestream_processing_seconds",
+            "Time to process one input message",
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        ),
+        event_delay=Histogram(
+            "scorestream_event_delay_seconds",
+            "Wall-clock time between an event's occurred_at and its processing",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
+            registry=reg,
+        ),
+        checkpoints=Counter(
+            "scorestream_checkpoints_total",
+            "State checkpoints by result (ok, not_committed)",
+            ["result"],
+            registry=reg,
+        ),
+        checkpoint_seconds=Histogram(
+            "scorestream_checkpoint_seconds",
+            "Duration of a checkpoint (changelog flush, offset commit, RocksDB write)",
+            buckets=_CHECKPOINT_BUCKETS,
+            registry=reg,
+        ),
+        checkpoint_records=Counter(
+            "scorestream_checkpoint_records_total",
+            "Contact states written to the changelog",
+            registry=reg,
+        ),
+        recovery_seconds=Histogram(
+            "scorestream_recovery_seconds",
+            "Duration of a partition's state recovery",
+            buckets=_CHECKPOINT_BUCKETS,
+            registry=reg,
+        ),
+        recovered_records=Counter(
+            "scorestream_recovered_records_total",
+            "Changelog records read during recovery",
+            registry=reg,
+        ),
+        timers_fired=Counter(
+            "scorestream_timer_sweeps_total",
+            "Idle contacts advanced by the timer/decay sweep",
+            registry=reg,
+        ),
+        contacts_cached=Gauge(
+            "scorestream_contacts_cached",
+            "Contact states held in memory",
+            registry=reg,
+        ),
+        partitions=Gauge(
+            "scorestream_partitions_assigned",
+            "Partitions this worker owns",
+            registry=reg,
+        ),
+        watermark=Gauge(
+            "scorestream_watermark_seconds",
+            "Event-time watermark of a partition (Unix seconds)",
+            ["partition"],
+            registry=reg,
+        ),
+        consumer_lag=Gauge(
+            "scorestream_consumer_lag_messages",
+            "Messages not yet processed (log end offset - next offset to process)",
+            ["topic", "partition"],
+            registry=reg,
+        ),
+        ready=Gauge(
+            "scorestream_ready",
+            "1 when the worker has recovered its partitions and is processing",
+            registry=reg,
+        ),
+    )
