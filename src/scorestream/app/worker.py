@@ -42,7 +42,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scorestream import metrics as metrics_mod
-from scorestream.app.processor import Processor
+from scorestream.app.processor import Processor, dlq_record
 from scorestream.app.routing import Envelope
 from scorestream.app.store import PartitionStore
 from scorestream.engine.rules import RuleSet, RulesError, load_rules
@@ -248,7 +248,14 @@ class Runtime:
     def on_message(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
         """Called by the agent for every message, in partition order."""
         start = time.perf_counter()
-        outcome = self.processor.handle(topic, partition, offset, value, time.time())
+        try:
+            outcome = self.processor.handle(topic, partition, offset, value, time.time())
+        except Exception as exc:  # a bug must not stop the service: keep the message, say why
+            log.exception("internal error on %s[%d]@%d", topic, partition, offset)
+            self.processor.emit.dlq(
+                dlq_record(topic, partition, offset, value or b"", f"internal error: {exc!r}")
+            )
+            outcome = "error"
         counter = self._outcome_counters.get((topic, outcome))
         if counter is None:
             counter = self._outcome_counters[(topic, outcome)] = self.metrics.events.labels(
