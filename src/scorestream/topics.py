@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -31,7 +32,8 @@ from scorestream.settings import Settings
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from confluent_kafka.admin import AdminClient, ConfigEntry, TopicMetadata
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigEntry, TopicMetadata
 
 Role = Literal["input", "output", "internal"]
 #: Roles whose topics form the one co-partitioned group.
@@ -86,6 +88,7 @@ TOPIC_CONFIGS: frozenset[str] = frozenset(
 _LIST_CONFIGS = frozenset({"cleanup.policy"})
 _TOPIC_NAME = r"^[A-Za-z0-9._-]{1,200}$"
 
+_log = logging.getLogger(__name__)
 _kafka_log = logging.getLogger("scorestream.topics.librdkafka")
 
 
@@ -275,90 +278,191 @@ def _same_value(key: str, declared: str, actual: str | None) -> bool:
         return False
 
 
-def _settled(future: Future[Any], timeout: float, what: str, errors: list[str]) -> bool:
-    """Wait for an admin request; on failure add ``what: reason`` to ``errors``."""
-    from confluent_kafka import KafkaException  # noqa: PLC0415
+class _Applier:
+    """One run of :func:`apply`: the admin client, the options and what was changed.
 
-    try:
-        future.result(timeout=timeout)
-    except KafkaException as exc:
-        errors.append(f"{what}: {exc.args[0].str()}")
-        return False
-    except TimeoutError:
-        errors.append(f"{what}: no answer within {timeout:.0f} s")
-        return False
-    return True
+    Kafka answers an admin request once the controller has committed it; brokers see
+    the change a moment later. So after changing anything, :meth:`await_visible` waits
+    until metadata and configs show it, and the next run (or the worker) does not find
+    a stale picture.
+    """
 
+    def __init__(self, admin: AdminClient, dry_run: bool, timeout: float) -> None:
+        self.admin = admin
+        self.dry_run = dry_run
+        self.timeout = timeout
+        self.errors: list[str] = []
+        self.expect_partitions: dict[str, int] = {}
+        self.expect_configs: dict[str, dict[str, str]] = {}
 
-def _reconcile(
-    admin: AdminClient,
-    decl: TopicDecl,
-    *,
-    name: str,
-    topic: TopicMetadata,
-    entries: Mapping[str, ConfigEntry],
-    dry_run: bool,
-    timeout: float,
-    errors: list[str],
-) -> list[str]:
-    """Compare one existing topic with its declaration; fix what is safe to fix."""
-    from confluent_kafka.admin import (  # noqa: PLC0415
-        AlterConfigOpType,
-        ConfigEntry,
-        ConfigResource,
-        NewPartitions,
-        ResourceType,
-    )
+    def wait(self, future: Future[Any], what: str) -> KafkaError | None:
+        """Wait for an admin request; None when it succeeded, else its error."""
+        from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
 
-    ops: dict[str, Any] = {"validate_only": dry_run, "request_timeout": timeout}
-    changes: list[str] = []
-    manual: list[str] = []
-    current = {key: entries[key].value if key in entries else None for key in decl.configs}
-    drift = {k: v for k, v in current.items() if not _same_value(k, decl.configs[k], v)}
-    if drift:
-        alter = ConfigResource(
-            ResourceType.TOPIC,
-            name,
-            incremental_configs=[
-                ConfigEntry(key, decl.configs[key], incremental_operation=AlterConfigOpType.SET)
-                for key in drift
-            ],
+        try:
+            future.result(timeout=self.timeout)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            return error
+        except TimeoutError:
+            return KafkaError(KafkaError._TIMED_OUT, f"{what}: no answer within {self.timeout} s")
+        return None
+
+    def settled(self, future: Future[Any], what: str) -> bool:
+        """Wait for an admin request; on failure record ``what: reason`` as an error."""
+        error = self.wait(future, what)
+        if error is not None:
+            self.errors.append(f"{what}: {error.str()}")
+        return error is None
+
+    def create(self, missing: list[tuple[str, TopicDecl]]) -> dict[str, list[str]]:
+        """Create (or validate, in a dry run) the missing topics; one line each.
+
+        A topic that exists after all (created meanwhile, or not yet in the metadata we
+        read) gets no line; the caller reconciles it like any existing topic.
+        """
+        from confluent_kafka import KafkaError  # noqa: PLC0415
+        from confluent_kafka.admin import NewTopic  # noqa: PLC0415
+
+        new = [
+            NewTopic(name, d.partitions, d.replication, config=dict(d.configs))
+            for name, d in missing
+        ]
+        futures = self.admin.create_topics(
+            new,
+            validate_only=self.dry_run,
+            operation_timeout=self.timeout,
+            request_timeout=self.timeout,
         )
-        (future,) = admin.incremental_alter_configs([alter], **ops).values()
-        if not _settled(future, timeout, f"{name}: incremental_alter_configs", errors):
-            return []
-        changes += [f"{key} {old} -> {decl.configs[key]}" for key, old in drift.items()]
+        results: dict[str, list[str]] = {}
+        for name, d in missing:
+            error = self.wait(futures[name], f"{name}: create_topics")
+            if error is not None and error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                self.errors.append(f"{name}: create_topics: {error.str()}")
+            elif error is None:
+                what = f"{name} ({d.partitions} partitions, replication {d.replication})"
+                results[name] = [f"would create {what}" if self.dry_run else f"created {what}"]
+                if not self.dry_run:
+                    self.expect_partitions[name] = d.partitions
+                    self.expect_configs[name] = dict(d.configs)
+        return results
 
-    have = len(topic.partitions)
-    if have < decl.partitions and decl.copartitioned:
-        manual.append(
-            f"{MANUAL} {name}: {have} partitions, {decl.partitions} declared; it is "
-            "co-partitioned with the input and internal topics and adding partitions would "
-            "move keys: recreate the group of topics or migrate by hand"
-        )
-    elif have < decl.partitions:
-        grow = NewPartitions(name, decl.partitions)
-        (future,) = admin.create_partitions([grow], operation_timeout=timeout, **ops).values()
-        if not _settled(future, timeout, f"{name}: create_partitions", errors):
-            return []
-        changes.append(f"partitions {have} -> {decl.partitions}")
-    elif have > decl.partitions:
-        manual.append(
-            f"{MANUAL} {name}: {have} partitions, {decl.partitions} declared; Kafka cannot "
-            "remove partitions: recreate the topic or change the declaration"
-        )
-
-    replication = min((len(p.replicas) for p in topic.partitions.values()), default=0)
-    if replication != decl.replication:
-        manual.append(
-            f"{MANUAL} {name}: replication factor {replication}, {decl.replication} declared; "
-            "change it with a partition reassignment (kafka-reassign-partitions)"
+    def reconcile(
+        self, name: str, decl: TopicDecl, topic: TopicMetadata, entries: Mapping[str, ConfigEntry]
+    ) -> list[str]:
+        """Compare one existing topic with its declaration; fix what is safe to fix."""
+        from confluent_kafka.admin import (  # noqa: PLC0415
+            AlterConfigOpType,
+            ConfigEntry,
+            ConfigResource,
+            NewPartitions,
+            ResourceType,
         )
 
-    if changes:
-        verb = "would alter" if dry_run else "altered"
-        return [f"{verb} {name}: {', '.join(changes)}", *manual]
-    return manual or [f"ok {name}"]
+        ops: dict[str, Any] = {"validate_only": self.dry_run, "request_timeout": self.timeout}
+        changes: list[str] = []
+        manual: list[str] = []
+        current = {key: entries[key].value if key in entries else None for key in decl.configs}
+        drift = {k: v for k, v in current.items() if not _same_value(k, decl.configs[k], v)}
+        if drift:
+            alter = ConfigResource(
+                ResourceType.TOPIC,
+                name,
+                incremental_configs=[
+                    ConfigEntry(key, decl.configs[key], incremental_operation=AlterConfigOpType.SET)
+                    for key in drift
+                ],
+            )
+            (future,) = self.admin.incremental_alter_configs([alter], **ops).values()
+            if not self.settled(future, f"{name}: incremental_alter_configs"):
+                return []
+            changes += [f"{key} {old} -> {decl.configs[key]}" for key, old in drift.items()]
+            if not self.dry_run:
+                self.expect_configs[name] = {key: decl.configs[key] for key in drift}
+
+        have = len(topic.partitions)
+        if have < decl.partitions and decl.copartitioned:
+            manual.append(
+                f"{MANUAL} {name}: {have} partitions, {decl.partitions} declared; it is "
+                "co-partitioned with the input and internal topics and adding partitions would "
+                "move keys: recreate the group of topics or migrate by hand"
+            )
+        elif have < decl.partitions:
+            grow = NewPartitions(name, decl.partitions)
+            futures = self.admin.create_partitions([grow], operation_timeout=self.timeout, **ops)
+            if not self.settled(futures[name], f"{name}: create_partitions"):
+                return []
+            changes.append(f"partitions {have} -> {decl.partitions}")
+            if not self.dry_run:
+                self.expect_partitions[name] = decl.partitions
+        elif have > decl.partitions:
+            manual.append(
+                f"{MANUAL} {name}: {have} partitions, {decl.partitions} declared; Kafka cannot "
+                "remove partitions: recreate the topic or change the declaration"
+            )
+
+        replication = min((len(p.replicas) for p in topic.partitions.values()), default=0)
+        if replication != decl.replication:
+            manual.append(
+                f"{MANUAL} {name}: replication factor {replication}, {decl.replication} "
+                "declared; change it with a partition reassignment (kafka-reassign-partitions)"
+            )
+
+        if changes:
+            verb = "would alter" if self.dry_run else "altered"
+            return [f"{verb} {name}: {', '.join(changes)}", *manual]
+        return manual or [f"ok {name}"]
+
+    def metadata(self, names: Iterable[str]) -> ClusterMetadata:
+        """Cluster metadata that lists every one of ``names`` (waits while one is missing)."""
+        wanted = set(names)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            metadata = self.admin.list_topics(timeout=self.timeout)
+            if wanted <= set(metadata.topics) or time.monotonic() >= deadline:
+                return metadata
+            time.sleep(0.1)
+
+    def configs(
+        self, names: list[str], *, report: bool = True
+    ) -> dict[str, dict[str, ConfigEntry]]:
+        """The config entries of ``names``; topics whose request failed are left out
+        (and recorded as errors if ``report``)."""
+        from confluent_kafka.admin import ConfigResource, ResourceType  # noqa: PLC0415
+
+        if not names:
+            return {}
+        resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
+        futures = self.admin.describe_configs(resources, request_timeout=self.timeout)
+        out: dict[str, dict[str, ConfigEntry]] = {}
+        for resource in resources:
+            future, what = futures[resource], f"{resource.name}: describe_configs"
+            if self.settled(future, what) if report else self.wait(future, what) is None:
+                out[resource.name] = future.result()
+        return out
+
+    def await_visible(self) -> bool:
+        """Wait until the brokers show every change made; False if they did not in time."""
+        deadline = time.monotonic() + self.timeout
+        while self.expect_partitions or self.expect_configs:
+            metadata = self.admin.list_topics(timeout=self.timeout)
+            for name, count in list(self.expect_partitions.items()):
+                if name in metadata.topics and len(metadata.topics[name].partitions) >= count:
+                    del self.expect_partitions[name]
+            seen = self.configs(list(self.expect_configs), report=False)  # not visible yet
+            for name, entries in seen.items():
+                wanted = self.expect_configs[name]
+                if all(
+                    _same_value(k, v, entries[k].value if k in entries else None)
+                    for k, v in wanted.items()
+                ):
+                    del self.expect_configs[name]
+            if not (self.expect_partitions or self.expect_configs):
+                break
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
 
 def apply(
@@ -372,66 +476,41 @@ def apply(
     Creates missing topics, fixes differing configs, adds partitions to output topics.
     What Kafka cannot do safely comes back as lines starting with :data:`MANUAL`.
     With ``dry_run`` nothing changes (creations are still validated by the broker).
-    Raises :class:`KafkaUnavailableError` if the cluster does not answer within
-    ``timeout`` seconds and :class:`TopicApplyError` if it refuses a change.
+    Returns once the brokers show the changes. Raises :class:`KafkaUnavailableError` if
+    the cluster does not answer within ``timeout`` seconds and :class:`TopicApplyError`
+    if it refuses a change.
     """
     from confluent_kafka import KafkaException  # noqa: PLC0415
-    from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # noqa: PLC0415
 
-    admin = admin_client(settings)
+    run = _Applier(admin_client(settings), dry_run, timeout)
     try:
-        metadata = admin.list_topics(timeout=timeout)
+        metadata = run.admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         reason = exc.args[0].str()
         raise KafkaUnavailableError(
             f"cannot reach Kafka at {settings.bootstrap} within {timeout:.0f} s: {reason}"
         ) from None
-    results: dict[str, list[str]] = {}
-    errors: list[str] = []
-    missing = [d for d in decls if settings.topic(d.name) not in metadata.topics]
-    existing = [d for d in decls if settings.topic(d.name) in metadata.topics]
+    declared = {settings.topic(d.name): d for d in decls}
+    missing = [(name, d) for name, d in declared.items() if name not in metadata.topics]
+    results = run.create(missing) if missing else {}
 
-    if missing:
-        new = [
-            NewTopic(
-                settings.topic(d.name),
-                num_partitions=d.partitions,
-                replication_factor=d.replication,
-                config=dict(d.configs),
-            )
-            for d in missing
-        ]
-        created = admin.create_topics(
-            new, validate_only=dry_run, operation_timeout=timeout, request_timeout=timeout
-        )
-        for d in missing:
-            name = settings.topic(d.name)
-            if _settled(created[name], timeout, f"{name}: create_topics", errors):
-                what = f"{name} ({d.partitions} partitions, replication {d.replication})"
-                results[name] = [f"would create {what}" if dry_run else f"created {what}"]
-
+    existing = [name for name in declared if name not in results]
     if existing:
-        resources = [ConfigResource(ResourceType.TOPIC, settings.topic(d.name)) for d in existing]
-        described = admin.describe_configs(resources, request_timeout=timeout)
-        for d, resource in zip(existing, resources, strict=True):
-            name = resource.name
-            future = described[resource]
-            if not _settled(future, timeout, f"{name}: describe_configs", errors):
-                continue
-            results[name] = _reconcile(
-                admin,
-                d,
-                name=name,
-                topic=metadata.topics[name],
-                entries=future.result(),
-                dry_run=dry_run,
-                timeout=timeout,
-                errors=errors,
-            )
+        if not set(existing) <= set(metadata.topics):  # some turned out to exist
+            metadata = run.metadata(existing)
+        entries = run.configs(existing)
+        for name in existing:
+            if name in entries and name in metadata.topics:
+                topic = metadata.topics[name]
+                results[name] = run.reconcile(name, declared[name], topic, entries[name])
+            elif name in entries:
+                run.errors.append(f"{name}: exists but is not in the metadata")
 
-    lines = [line for d in decls for line in results.get(settings.topic(d.name), [])]
-    if errors:
-        raise TopicApplyError("Kafka refused changes:\n  " + "\n  ".join(errors), lines)
+    if not run.errors and not run.await_visible():
+        _log.warning("the brokers did not show every change within %.0f s", timeout)
+    lines = [line for name in declared for line in results.get(name, [])]
+    if run.errors:
+        raise TopicApplyError("Kafka refused changes:\n  " + "\n  ".join(run.errors), lines)
     return lines
 
 
