@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from scorestream.cli import UsageError
+from scorestream.errors import UsageError
 from scorestream.settings import Settings
 
 LEADS_TOPIC = "leads.sales_ready"

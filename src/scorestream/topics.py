@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from scorestream.cli import UsageError
+from scorestream.errors import UsageError
 from scorestream.settings import Settings
 
 if TYPE_CHECKING:
