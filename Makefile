@@ -24,9 +24,12 @@ demo: setup
 test: setup lint typecheck
 	$(BIN)/pytest
 
+# bench/ is linted once it exists (ruff fails on a missing path).
+LINT_PATHS := src tests $(wildcard bench)
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -46,5 +49,7 @@ broker-start: setup
 broker-stop: $(STAMP)
 	$(BIN)/scorestream broker stop
 
+# Stops the local broker first: var/ holds its data and pid file.
 clean:
+	if [ -x $(BIN)/scorestream ]; then $(BIN)/scorestream broker stop; fi
 	rm -rf $(VENV) var build dist src/*.egg-info
