@@ -43,9 +43,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scorestream import metrics as metrics_mod
 from scorestream.app.processor import Processor, dlq_record
-from scorestream.app.routing import Envelope
+from scorestream.app.routing import Envelope, partition_for
 from scorestream.app.store import PartitionStore
-from scorestream.engine.rules import RuleSet, RulesError, load_rules
+from scorestream.engine.rules import RulesError, RuleSet, load_rules
 from scorestream.engine.scorer import Crossing, Engine
 from scorestream.engine.timeutil import US_PER_SECOND, parse_ts
 from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -344,7 +344,13 @@ class Runtime:
 
     async def on_assigned(self, assignment: Iterable[TP]) -> None:
         """After assignment, before Faust resumes fetching: recover our partitions."""
-        mine = {tp.partition for tp in assignment if tp.topic in self.topology.consumed}
+        consumed = set(self.topology.consumed)
+        mine = {tp.partition for tp in assignment if tp.topic in consumed}
+        have = {(tp.topic, tp.partition) for tp in assignment}
+        split = sorted(p for p in mine if any((t, p) not in have for t in consumed))
+        if split:
+            # Would split a contact's events between workers: refuse rather than corrupt.
+            raise RuntimeError(f"partitions {split} are not co-partitioned in this assignment")
         for p in list(self.stores):
             if p not in mine:
                 self.processor.release(p)
@@ -468,7 +474,10 @@ class Runtime:
             topic_disable_leader=True,
             topic_allow_declare=False,
             consumer_auto_offset_reset="earliest",
-            table_standby_replicas=0,
+            # Not for standbys (we have no Faust tables): with 0, Faust falls back to
+            # aiokafka's round-robin assignor, which does not keep partition p of every
+            # topic on one worker. Faust's own assignor co-partitions them.
+            table_standby_replicas=1,
             stream_wait_empty=False,
             logging_config=None,
         )
@@ -537,8 +546,18 @@ class Runtime:
                 )
 
 
+def _owner_url(app: faust.App, runtime: Runtime, key: str) -> str | None:
+    """The web address of the worker that owns ``key``'s partition, from the assignment."""
+    partition = partition_for(key, runtime.topology.partitions)
+    topic = runtime.topology.repartition
+    for url, topics in app.assignor.external_topics_metadata().items():
+        if partition in topics.get(topic, ()):
+            return str(url)
+    return None
+
+
 def _add_views(app: faust.App, runtime: Runtime) -> None:
-    source = runtime.channel
+    own_url = str(app.conf.canonical_url).rstrip("/")
 
     @app.page("/healthz")
     class Health(View):
@@ -578,16 +597,25 @@ def _add_views(app: faust.App, runtime: Runtime) -> None:
         async def get(self, request: Request, contact_id: str) -> Response:
             state = runtime.processor.lookup(contact_id)
             if state is None and not request.query.get("local"):
-                try:
-                    return await app.router.route_topic_req(
-                        source, contact_id.encode(), self.web, request
-                    )
-                except faust.exceptions.SameNode:
-                    pass
-                except Exception as exc:  # no owner known (rebalancing) or owner unreachable
-                    return self.json(
-                        {"error": f"owner of {contact_id!r} not reachable: {exc}"}, status=503
-                    )
+                owner = _owner_url(app, runtime, contact_id)
+                if owner is None:
+                    return self.json({"error": "no owner known (rebalancing?)"}, status=503)
+                if owner.rstrip("/") != own_url:
+                    # Another worker owns the contact: ask it (once: local=1 stops loops).
+                    query = {**request.query, "local": "1"}
+                    try:
+                        async with app.http_client.get(
+                            f"{owner.rstrip('/')}/contacts/{contact_id}", params=query
+                        ) as resp:
+                            return self.bytes(
+                                await resp.read(),
+                                content_type="application/json",
+                                status=resp.status,
+                            )
+                    except Exception as exc:  # the owner is down or moving
+                        return self.json(
+                            {"error": f"owner {owner} not reachable: {exc}"}, status=503
+                        )
             if state is None:
                 return self.json({"error": f"unknown contact {contact_id!r}"}, status=404)
             if state.alias is not None:
