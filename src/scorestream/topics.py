@@ -111,7 +111,7 @@ class TopicApplyError(Exception):
 class TopicDecl(BaseModel):
     """One declared topic (one ``topics/<name>.yaml``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: Annotated[str, Field(pattern=_TOPIC_NAME)]
     role: Role

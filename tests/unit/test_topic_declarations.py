@@ -141,6 +141,7 @@ def test_missing_configs_mean_none(tmp_path: Path) -> None:
         ({"role": "source"}, "role: must be one of 'input', 'output' or 'internal'"),
         ({"role": None}, "role: must be one of"),
         ({"retention": "7d"}, "retention: unknown field"),
+        ({"schema_file": "schemas/event.schema.json"}, "schema_file: unknown field"),
         ({"configs": {"retention.msec": 1}}, "configs: unknown topic config 'retention.msec'"),
         ({"configs": {"retention.ms": [1, 2]}}, "configs: retention.ms: must be a string or a"),
         ({"configs": {"retention.ms": ""}}, "configs: retention.ms: must be a string or a"),
