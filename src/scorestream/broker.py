@@ -361,18 +361,12 @@ def _port_open(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def is_reachable(
-    bootstrap: str, timeout: float = 5.0, security: dict[str, str] | None = None
-) -> bool:
-    """Whether a Kafka cluster at ``bootstrap`` answers a metadata request with a broker."""
+def is_reachable(bootstrap: str, timeout: float = 5.0) -> bool:
+    """Whether a (plaintext) Kafka at ``bootstrap`` answers a metadata request with a broker."""
     from confluent_kafka import KafkaException  # noqa: PLC0415 (slow import, CLI start-up)
     from confluent_kafka.admin import AdminClient  # noqa: PLC0415
 
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "logger": _kafka_log,
-        **(security or {}),
-    }
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _kafka_log}
     try:
         metadata = AdminClient(conf).list_topics(timeout=timeout)
     except KafkaException:

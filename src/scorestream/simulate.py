@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from confluent_kafka import Producer
+
 from scorestream.engine.events import KNOWN_TYPES
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
 from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -188,8 +190,10 @@ class Traffic:
 BAD_MESSAGES: list[bytes] = [
     b"this is not json",
     b'{"event_id": "x", "type": "page_view"}',
-    b'{"event_id": 42, "type": "page_view", "contact_id": "c", "occurred_at": "2026-01-01T00:00:00Z", "properties": {"url": "/"}}',
-    b'{"event_id": "x", "type": "page_view", "contact_id": "c", "occurred_at": "yesterday", "properties": {"url": "/"}}',
+    b'{"event_id": 42, "type": "page_view", "contact_id": "c", '
+    b'"occurred_at": "2026-01-01T00:00:00Z", "properties": {"url": "/"}}',
+    b'{"event_id": "x", "type": "page_view", "contact_id": "c", '
+    b'"occurred_at": "yesterday", "properties": {"url": "/"}}',
     b"\x00\xff\xfe binary \x80",
     b"[]",
 ]
@@ -211,8 +215,6 @@ def simulate_command(args: argparse.Namespace) -> int:
         out = sys.stdout
     producer = None
     if not args.dry_run:
-        from confluent_kafka import Producer
-
         producer = Producer(
             {
                 "bootstrap.servers": settings.bootstrap,
@@ -234,7 +236,7 @@ def simulate_command(args: argparse.Namespace) -> int:
             if out is not None:
                 out.write(line + "\n")
             if producer is not None:
-                key = (ev.get("contact_id") or ev.get("anonymous_id")).encode()
+                key = str(ev.get("contact_id") or ev.get("anonymous_id")).encode()
                 topic = settings.topic(topic_for(ev["type"]))
                 _produce(producer, topic, key, line.encode())
                 if args.bad_ratio and rng.random() < args.bad_ratio:
@@ -250,13 +252,13 @@ def simulate_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if producer is not None:
-            left = producer.flush(30)
-            if left:
-                print(f"scorestream: {left} events not delivered", file=sys.stderr)
-                return EXIT_FAILURE
         if out is not None and out is not sys.stdout:
             out.close()
+    if producer is not None:
+        left = producer.flush(30)
+        if left:
+            print(f"scorestream: {left} events not delivered", file=sys.stderr)
+            return EXIT_FAILURE
     print(
         f"simulated {sent} events" + (f" and {bad} invalid messages" if bad else ""),
         file=sys.stderr,

@@ -3,6 +3,7 @@ rebalancing, bad input and idle decay."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import random
@@ -18,6 +19,7 @@ from support import (
     offline,
     processed,
     produce,
+    producer,
     read_topic,
     rounds,
     wait_processed,
@@ -216,8 +218,6 @@ def test_a_flood_of_bad_messages_ends_in_the_dlq_and_the_worker_goes_on(
                 }
             ).encode()
         )
-    from support import producer
-
     prod = producer(kafka_bootstrap)
     sent: dict[tuple[int, int], bytes] = {}
 
@@ -257,8 +257,6 @@ def test_a_flood_of_bad_messages_ends_in_the_dlq_and_the_worker_goes_on(
             assert record["topic"] == topic and record["error"]
             original = sent[(record["partition"], record["offset"])]
             if record["encoding"] == "base64":
-                import base64
-
                 assert base64.b64decode(record["payload"]) == original
             else:
                 assert record["payload"].encode() == original

@@ -47,8 +47,9 @@ from scorestream.app.routing import Envelope, partition_for
 from scorestream.app.store import PartitionStore
 from scorestream.engine.rules import RulesError, RuleSet, load_rules
 from scorestream.engine.scorer import Crossing, Engine
+from scorestream.engine.state import ContactState
 from scorestream.engine.timeutil import US_PER_SECOND, parse_ts
-from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from scorestream.errors import EXIT_FAILURE, UsageError
 from scorestream.settings import Settings
 
 log = logging.getLogger("scorestream.worker")
@@ -113,7 +114,8 @@ class Topology:
         if len(set(counts.values())) != 1:
             detail = ", ".join(f"{t}={n}" for t, n in sorted(counts.items()))
             raise UsageError(
-                f"input, repartition and changelog topics must have the same partition count: {detail}"
+                "input, repartition and changelog topics must have the same partition count: "
+                + detail
             )
         return cls(
             inputs=tuple(names[n] for n in INPUT_TOPICS),
@@ -295,7 +297,10 @@ class Runtime:
                 for snap in snaps
                 for topic, offset in snap.vector.items()
             }
-            committed = (await self.app.consumer._commit(offsets)) if offsets else True
+            # Faust's own commit() commits acked offsets, and we ack nothing (acks=False):
+            # _commit() commits exactly the offsets given.
+            consumer: Any = self.app.consumer
+            committed = (await consumer._commit(offsets)) if offsets else True
             if not committed:
                 # A rebalance took the partitions: the changelog is ahead of the committed
                 # offsets, which recovery handles; keep the states dirty for the local write.
@@ -429,15 +434,15 @@ class Runtime:
                 for msg in reader.consume(num_messages=5000, timeout=1.0):
                     if msg.error():
                         raise RuntimeError(f"reading {changelog}[{partition}]: {msg.error()}")
-                    position = msg.offset() + 1
+                    position = (msg.offset() or 0) + 1
                     headers = dict(msg.headers() or [])
-                    generation = int(headers.get("g", b"0"))
+                    generation = int(headers.get("g") or b"0")
                     if generation < newest_generation:
                         continue  # written by a worker that had already lost the partition
                     newest_generation = generation
-                    key = msg.key()
+                    key = msg.key() or b""
                     batch.append((key, msg.value()))
-                    vector = json.loads(headers.get("v", b"{}"))
+                    vector = json.loads(headers.get("v") or b"{}")
                     contact = key.decode("utf-8")
                     if any(off > committed.get(topic, 0) for topic, off in vector.items()):
                         ahead[contact] = vector
@@ -497,36 +502,47 @@ class Runtime:
                 msg = event.message
                 on_message(msg.topic, msg.partition, msg.offset, msg.value)
 
-        @app.timer(s.checkpoint_interval)
+        # faust's decorators are untyped; going through Any keeps mypy strict elsewhere
+        timer: Any = app.timer
+
         async def checkpoint() -> None:
             if runtime.ready and runtime.processor.parts:
                 await runtime.checkpoint()
 
-        @app.timer(s.tick_interval)
+        timer(s.checkpoint_interval)(checkpoint)
+
         async def tick() -> None:
             if runtime.ready:
                 runtime.tick()
 
-        @app.timer(10.0)
+        timer(s.tick_interval)(tick)
+
         async def lag() -> None:
             if runtime.ready:
                 await asyncio.get_running_loop().run_in_executor(None, runtime.update_lag)
 
-        @app.on_partitions_revoked.connect
+        timer(10.0)(lag)
+
+        signals: Any = app
+
         async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
             await runtime.on_revoked(revoked)
 
-        @app.on_rebalance_complete.connect
+        signals.on_partitions_revoked.connect(revoked)
+
         async def complete(sender: Any, **kwargs: Any) -> None:
             await runtime.on_assigned(sender.consumer.assignment())
 
-        @app.on_before_shutdown.connect
+        signals.on_rebalance_complete.connect(complete)
+
         async def shutdown(sender: Any, **kwargs: Any) -> None:
             if runtime.processor.parts:
                 await runtime.checkpoint()
             for store in runtime.stores.values():
                 store.close()
             runtime.stores.clear()
+
+        signals.on_before_shutdown.connect(shutdown)
 
         _add_views(app, runtime)
         return app
@@ -550,7 +566,8 @@ def _owner_url(app: faust.App, runtime: Runtime, key: str) -> str | None:
     """The web address of the worker that owns ``key``'s partition, from the assignment."""
     partition = partition_for(key, runtime.topology.partitions)
     topic = runtime.topology.repartition
-    for url, topics in app.assignor.external_topics_metadata().items():
+    assignor: Any = app.assignor
+    for url, topics in assignor.external_topics_metadata().items():
         if partition in topics.get(topic, ()):
             return str(url)
     return None
@@ -641,9 +658,7 @@ def _add_views(app: faust.App, runtime: Runtime) -> None:
             return self.json(doc)
 
 
-def _copy(state: Any) -> Any:
-    from scorestream.engine.state import ContactState
-
+def _copy(state: ContactState) -> ContactState:
     return ContactState.from_bytes(state.to_bytes())
 
 
@@ -673,8 +688,4 @@ def main(args: argparse.Namespace) -> int:
         settings.web_port,
     )
     worker = faust.Worker(runtime.app, loglevel=settings.log_level.upper(), logfile=None)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return EXIT_OK
+    worker.execute_from_commandline()  # runs until stopped, then exits the process
