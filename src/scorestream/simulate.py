@@ -93,7 +93,7 @@ class Traffic:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rng = self.rng
         while True:
-            if rng.random() < 0.02:
+            if rng.random() < 0.01:
                 yield from self._campaign()
                 continue
             weights = [0.2 + p.intent for p in self.people]
@@ -170,12 +170,14 @@ class Traffic:
     def _campaign(self) -> Iterator[dict[str, Any]]:
         self.campaign += 1
         name = f"cmp-{self.campaign:04d}"
-        for p in self.people:
-            if p.known and not p.unsubscribed and self.rng.random() < 0.3:
-                p.campaigns = [*p.campaigns[-4:], name]
-                yield self._event(
-                    p, "email_sent", {"campaign_id": name, "message_id": f"{name}-{p.index}"}
-                )
+        # A campaign reaches a sample of the known, subscribed people (at most 25), so that
+        # e-mails are a share of the traffic, not most of it.
+        audience = [p for p in self.people if p.known and not p.unsubscribed]
+        for p in self.rng.sample(audience, min(25, len(audience))):
+            p.campaigns = [*p.campaigns[-4:], name]
+            yield self._event(
+                p, "email_sent", {"campaign_id": name, "message_id": f"{name}-{p.index}"}
+            )
 
     def _profile(self) -> dict[str, Any]:
         rng = self.rng

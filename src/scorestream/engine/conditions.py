@@ -161,7 +161,8 @@ def lookup(props: Mapping[str, Any], parts: tuple[str, ...]) -> Any:
     """The value at a dotted path, or :data:`MISSING`."""
     value: Any = props
     for part in parts:
-        if not isinstance(value, Mapping):
+        # JSON objects are dicts: the exact type check is far cheaper than an ABC check
+        if type(value) is not dict and not isinstance(value, Mapping):
             return MISSING
         value = value.get(part, MISSING)
         if value is MISSING:

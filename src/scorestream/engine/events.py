@@ -137,6 +137,10 @@ class _EventBase(BaseModel):
         if self.PROPS:
             _check_props(self.properties, self.PROPS)
         self._check_specific()
+        # Fill the cached properties now: the first read through cached_property takes a
+        # lock (Python 3.11) and costs more than the whole dedupe check.
+        self.__dict__["key"] = self.contact_id if self.contact_id is not None else self.anonymous_id
+        self.__dict__["ts"] = to_us(self.occurred_at)
         return self
 
     def _check_specific(self) -> None:

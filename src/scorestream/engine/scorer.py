@@ -27,10 +27,12 @@ from typing import Any, Literal
 from scorestream.engine.conditions import MISSING, lookup, split_path
 from scorestream.engine.events import AnyEvent, Identify, ProfileUpdate
 from scorestream.engine.rules import AttributeRule, EventRule, Model, RuleSet
-from scorestream.engine.state import Bounds, ContactState, ModelState, id_hash
+from scorestream.engine.state import UNKNOWN, Bounds, ContactState, ModelState, id_hash
 from scorestream.engine.timeutil import format_ts
 
 TOP_CONTRIBUTORS = 3
+#: how far (µs) the analytic decay instant may be from the exact one before we look closely
+GUESS_SLACK = 1_000_000
 _exp2 = math.exp2
 _fsum = math.fsum
 
@@ -108,6 +110,13 @@ class Engine:
         self.bounds = bounds or Bounds()
         self._models = rules.models
         self._threshold_models = tuple(m for m in rules.models if m.thresholds)
+        # Only these can change with the passing of time alone (see _next_change).
+        self._timed_models = tuple(
+            m
+            for m in rules.models
+            if m.decay == "expire_after" or (m.decay == "half_life" and m.thresholds)
+        )
+        self._version = rules.version
         self._attr_paths: dict[str, tuple[str, ...]] = {
             a.attribute: split_path(a.attribute) for m in rules.models for a in m.attribute_rules
         }
@@ -127,8 +136,10 @@ class Engine:
             return Outcome("duplicate")
         t = event.ts
         out = Outcome("applied")
-        self._sync_rules(state, t, out.crossings)
-        out.crossings.extend(self._advance(state, t, inclusive=False))
+        if state.rules_version != self._version:
+            self._sync_rules(state, t, out.crossings)
+        if state.clock is not None and (state.timers or self._timed_models):
+            out.crossings.extend(self._advance(state, t, inclusive=False))
         state.remember(h, self.bounds.seen_ids)
         if event.contact_id is not None and event.contact_id == state.key:
             state.anonymous = False
@@ -214,7 +225,9 @@ class Engine:
             if model.decay == "expire_after" and ms.buckets:
                 cand = ms.buckets[0][0] + model.decay_us
             elif model.decay == "half_life" and model.thresholds and ms.pts:
-                cand = self._decay_guess(state, model, ms, clock)
+                if ms.guess is UNKNOWN:
+                    ms.guess = self._decay_instant(model, ms)
+                cand = None if ms.guess is None else max(ms.guess, clock + 1)
             if cand is not None and (best is None or cand < best):
                 best = cand
         return best
@@ -250,10 +263,21 @@ class Engine:
         return out
 
     def raw_score(self, state: ContactState, model: Model, t: int) -> float:
-        """Unclamped, unrounded score of one model at ``t``."""
+        """Unclamped, unrounded score of one model at ``t``.
+
+        ``math.fsum`` is correctly rounded, so the result does not depend on the order of
+        the parts: the same per-rule points give the same score however they were summed.
+        """
         ms = state.models.get(model.name)
         if ms is None:
             return 0.0
+        if model.decay == "half_life":
+            if not ms.pts:
+                return _fsum(ms.attr.values())
+            f = _exp2(-(t - ms.t0) / model.decay_us)
+            return _fsum([v * f for v in ms.pts.values()] + list(ms.attr.values()))
+        if model.decay == "none":
+            return _fsum(list(ms.pts.values()) + list(ms.attr.values()))
         parts = list(self._event_parts(model, ms, t).values())
         parts.extend(ms.attr.values())
         return _fsum(parts)
@@ -317,11 +341,14 @@ class Engine:
             return
         awards: list[tuple[EventRule, float]] = []
         for rule in rules:
-            if rule.match is not None and not rule.match(props):
+            match = rule.match
+            if match is not None and not match(props):
                 continue
-            points = rule.points_for(props)
+            points = rule.fixed
             if points is None:
-                continue
+                points = rule.points_for(props)
+                if points is None:
+                    continue
             if rule.unless_event is not None:
                 if len(state.timers) >= self.bounds.timers:
                     out.timers_dropped += 1
@@ -336,22 +363,39 @@ class Engine:
                     event.event_id,
                     points,
                 ]
-                bisect.insort(state.timers, timer, key=_timer_key)
+                timers = state.timers
+                if not timers or _timer_key(timers[-1]) <= _timer_key(timer):
+                    timers.append(timer)  # the usual case: timers start in time order
+                else:
+                    bisect.insort(timers, timer, key=_timer_key)
                 continue
             awards.append((rule, points))
         if not awards:
             return
-        touched: dict[str, Model] = {}
-        for rule, _ in awards:
-            model = self.rules.model_by_name[rule.model]
-            if model.thresholds:
-                touched[model.name] = model
-        before = {name: self._reported(state, m, now) for name, m in touched.items()}
+        # Points this event added, as they count at `now`, per model with thresholds: the
+        # score before the event is the score after it minus these (one evaluation, not two).
+        added: dict[str, float] = {}
+        model_by_name = self.rules.model_by_name
         for rule, points in awards:
             if self._limit_allows(state, rule, t):
                 self._award(state, rule.model, rule.id, points, t, event.event_id)
-        for name, model in touched.items():
-            out.crossings.extend(self._check(state, model, now, before[name]))
+                model = model_by_name[rule.model]
+                if model.thresholds:
+                    added[model.name] = added.get(model.name, 0.0) + points * _weight(
+                        model, now - t
+                    )
+        for name, delta in added.items():
+            model = model_by_name[name]
+            raw = self.raw_score(state, model, now)
+            out.crossings.extend(
+                self._check(
+                    state,
+                    model,
+                    now,
+                    self._clamp_round(model, raw - delta),
+                    self._clamp_round(model, raw),
+                )
+            )
 
     def _profile_update(
         self, state: ContactState, event: ProfileUpdate, t: int, now: int, out: Outcome
@@ -403,6 +447,7 @@ class Engine:
                 if delta:
                     self._ledger(state, source_id, model.name, rule_id, delta, t)
             ms.attr = new
+            ms.guess = UNKNOWN
 
     def _sync_rules(self, state: ContactState, t: int, crossings: list[Crossing]) -> None:
         """A state scored under other rules gets its attribute points recomputed once."""
@@ -427,6 +472,7 @@ class Engine:
         if ms is None:
             ms = state.models[model_name] = ModelState()
         decay = model.decay if model is not None else "none"
+        ms.guess = UNKNOWN
         if decay == "half_life":
             assert model is not None
             pts = ms.pts
@@ -521,6 +567,7 @@ class Engine:
             if ims is None:
                 ims = into.models[name] = ModelState()
                 ims.t0 = oms.t0
+            ims.guess = UNKNOWN
             decay = model.decay if model is not None else "none"
             if decay == "half_life" and oms.pts:
                 assert model is not None
@@ -571,7 +618,7 @@ class Engine:
         if state.timers and state.timers[0][0] <= limit:
             best = state.timers[0][0]
         clock = state.clock
-        for model in self._models:
+        for model in self._timed_models:
             ms = state.models.get(model.name)
             if ms is None:
                 continue
@@ -580,10 +627,17 @@ class Engine:
                     cand = ms.buckets[0][0] + model.decay_us
                     if cand <= limit and (best is None or cand < best):
                         best = cand
-            elif model.decay == "half_life" and model.thresholds and ms.pts:
+            elif ms.pts:
+                if not ms.inside and _fsum(ms.pts.values()) >= 0:
+                    continue  # outside every threshold and falling: nothing to cross
                 bound = limit if best is None else best - 1
                 if bound <= clock:
                     continue
+                guess = ms.guess
+                if guess is UNKNOWN:
+                    guess = ms.guess = self._decay_instant(model, ms)
+                if guess is None or guess > bound + GUESS_SLACK:
+                    continue  # the analytic instant is well after the bound
                 if self._would_cross(state, model, ms, bound):
                     cand = self._first_crossing(state, model, ms, clock, bound)
                     if best is None or cand < best:
@@ -630,7 +684,8 @@ class Engine:
         self, state: ContactState, model: Model, ms: ModelState, lo: int, hi: int
     ) -> int:
         """First microsecond in (lo, hi] at which a threshold flips (the score is monotone)."""
-        guess = self._decay_guess(state, model, ms, lo)
+        instant = self._decay_instant(model, ms)
+        guess = None if instant is None else max(instant, lo + 1)
         if guess is not None and lo < guess <= hi:
             if self._would_cross(state, model, ms, guess):
                 if not self._would_cross(state, model, ms, guess - 1):
@@ -647,10 +702,12 @@ class Engine:
                 lo = mid
         return hi
 
-    def _decay_guess(
-        self, state: ContactState, model: Model, ms: ModelState, after: int
-    ) -> int | None:
-        """Analytic instant of the next threshold flip under half-life decay, if any."""
+    def _decay_instant(self, model: Model, ms: ModelState) -> int | None:
+        """Analytic instant of the next threshold flip under half-life decay, if any.
+
+        Accurate to well under a millisecond; :meth:`_first_crossing` finds the exact
+        microsecond with the same evaluation as every reported score.
+        """
         total = _fsum(ms.pts.values())
         if total == 0.0:
             return None
@@ -677,13 +734,20 @@ class Engine:
                 best = when
         if best is None or not math.isfinite(best):
             return None
-        guess = math.ceil(best)
-        return max(guess, after + 1)
+        return math.ceil(best)
 
     # ------------------------------------------------------------------ thresholds
 
-    def _check(self, state: ContactState, model: Model, now: int, before: float) -> list[Crossing]:
-        score = self._reported(state, model, now)
+    def _check(
+        self,
+        state: ContactState,
+        model: Model,
+        now: int,
+        before: float,
+        score: float | None = None,
+    ) -> list[Crossing]:
+        if score is None:
+            score = self._reported(state, model, now)
         ms = state.models.get(model.name)
         if ms is None:
             if score < model.thresholds[0].enter:
@@ -695,6 +759,7 @@ class Engine:
         if not ups and not downs:
             return []
         top = self._top(state, model, ms, now)
+        ms.guess = UNKNOWN
         out = []
         for th, direction in [(th, "down") for th in downs] + [(th, "up") for th in ups]:
             seq = ms.counts.get(th.name, 0) + 1
@@ -753,18 +818,7 @@ class Engine:
         return dict(ms.pts)
 
     def _reported(self, state: ContactState, model: Model, t: int) -> float:
-        ms = state.models.get(model.name)
-        if ms is None:
-            return self._clamp_round(model, 0.0)
-        if model.decay == "half_life":
-            if ms.pts:
-                f = _exp2(-(t - ms.t0) / model.decay_us)
-                raw = _fsum([v * f for v in ms.pts.values()] + list(ms.attr.values()))
-            else:
-                raw = _fsum(ms.attr.values())
-        else:
-            raw = self.raw_score(state, model, t)
-        return self._clamp_round(model, raw)
+        return self._clamp_round(model, self.raw_score(state, model, t))
 
     @staticmethod
     def _clamp_round(model: Model, raw: float) -> float:
@@ -773,6 +827,15 @@ class Engine:
         if model.max_score is not None and raw > model.max_score:
             raw = model.max_score
         return round2(raw)
+
+
+def _weight(model: Model, age: int) -> float:
+    """What one point awarded ``age`` microseconds ago counts now."""
+    if model.decay == "half_life":
+        return _exp2(-age / model.decay_us) if age else 1.0
+    if model.decay == "expire_after":
+        return 1.0 if age < model.decay_us else 0.0
+    return 1.0
 
 
 def _timer_key(timer: list[Any]) -> tuple[int, int, str]:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 MAGIC = b"S1"
+#: ModelState.guess before it is computed (derived data: never serialised)
+UNKNOWN: Any = object()
 _LEN = struct.Struct(">I")
 
 
@@ -54,7 +56,7 @@ def id_hash(event_id: str) -> int:
 class ModelState:
     """One model's part of a contact."""
 
-    __slots__ = ("attr", "buckets", "counts", "inside", "pts", "t0")
+    __slots__ = ("attr", "buckets", "counts", "guess", "inside", "pts", "t0")
 
     def __init__(self) -> None:
         #: half_life: reference time of ``pts``; otherwise unused
@@ -69,6 +71,8 @@ class ModelState:
         self.inside: list[str] = []
         #: threshold name -> crossings so far (both directions)
         self.counts: dict[str, int] = {}
+        #: cached analytic instant of the next decay crossing (None: none; UNKNOWN: stale)
+        self.guess: Any = UNKNOWN
 
     def dump(self) -> list[Any]:
         """JSON-ready form."""

@@ -1,0 +1,134 @@
+"""Engine throughput against a baseline loop, in the same run (ratios, not absolute times).
+
+    .venv/bin/python bench/engine_bench.py [--events 200000] [--contacts 10000]
+
+Traffic: ``scorestream simulate``'s generator (visitors, campaigns, forms, carts, profile
+updates, identify) scored with the B2B plan. Baseline: ``json.loads`` plus a dict update
+per event, the least any consumer does. Each figure is the best of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from scorestream.engine.events import decode_event, event_from_dict  # noqa: E402
+from scorestream.engine.population import Population  # noqa: E402
+from scorestream.engine.rules import load_rules  # noqa: E402
+from scorestream.engine.scorer import Engine  # noqa: E402
+from scorestream.engine.timeutil import parse_ts  # noqa: E402
+from scorestream.simulate import Traffic  # noqa: E402
+
+
+def best_rate(n: int, run: Callable[[], None], repeat: int) -> float:
+    """Events per second of the fastest of ``repeat`` runs."""
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return n / min(times)
+
+
+def generate(events: int, contacts: int) -> list[bytes]:
+    traffic = Traffic(contacts, seed=42, start_us=parse_ts("2026-03-01T00:00:00Z"), rate=2.0)
+    lines = []
+    for ev in traffic:
+        lines.append(json.dumps(ev, separators=(",", ":")).encode())
+        if len(lines) >= events:
+            break
+    return lines
+
+
+def state_after_100_events(engine: Engine) -> int:
+    """Bytes of one contact's state after 100 typical B2B events (the README figure)."""
+    traffic = Traffic(1, seed=7, start_us=parse_ts("2026-03-01T00:00:00Z"), rate=0.001)
+    pop = Population(engine)
+    n = 0
+    for ev in traffic:
+        pop.process(event_from_dict(ev))
+        n += 1
+        if n >= 100:
+            break
+    (state,) = pop.states.values()
+    return len(state.to_bytes())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--contacts", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rules", default=str(ROOT / "rules" / "b2b.yaml"))
+    args = parser.parse_args()
+
+    rules = load_rules(args.rules)
+    lines = generate(args.events, args.contacts)
+    n = len(lines)
+    print(
+        f"{n} events, {args.contacts} people, plan {Path(args.rules).name}, best of {args.repeat}"
+    )
+
+    def baseline() -> None:
+        table: dict[str, object] = {}
+        loads = json.loads
+        for line in lines:
+            obj = loads(line)
+            table[obj.get("contact_id") or obj.get("anonymous_id")] = obj
+
+    def decode_only() -> None:
+        for line in lines:
+            decode_event(line)
+
+    def engine_full() -> None:
+        pop = Population(Engine(rules))
+        process = pop.process
+        for line in lines:
+            process(decode_event(line))
+
+    decoded = [decode_event(line) for line in lines]
+
+    def engine_core() -> None:
+        pop = Population(Engine(rules))
+        process = pop.process
+        for event in decoded:
+            process(event)
+
+    base = best_rate(n, baseline, args.repeat)
+    dec = best_rate(n, decode_only, args.repeat)
+    full = best_rate(n, engine_full, args.repeat)
+    core = best_rate(n, engine_core, args.repeat)
+
+    pop = Population(Engine(rules))
+    for event in decoded:
+        pop.process(event)
+    sizes = [len(s.to_bytes()) for s in pop]
+    per_contact_100 = state_after_100_events(Engine(rules))
+
+    print(f"{'loop':<42}{'events/s':>12}{'x baseline':>12}")
+    for name, rate in (
+        ("baseline: json.loads + dict update", base),
+        ("decode + validate (pydantic)", dec),
+        ("engine: decode + score (B2B plan)", full),
+        ("engine core: score pre-decoded events", core),
+    ):
+        print(f"{name:<42}{rate:>12,.0f}{rate / base:>12.2f}")
+    print(
+        f"state bytes per contact: mean {statistics.mean(sizes):,.0f}, "
+        f"max {max(sizes):,} over {len(sizes):,} profiles"
+    )
+    print(f"state bytes of one contact after 100 events: {per_contact_100:,}")
+
+
+if __name__ == "__main__":
+    main()
