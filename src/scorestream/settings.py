@@ -68,7 +68,7 @@ class Settings:
         default=1_000_000, metadata={"doc": "larger input messages go to the DLQ"}
     )
     checkpoint_interval: float = field(
-        default=0.5,
+        default=1.0,
         metadata={"doc": "seconds between state checkpoints (changelog flush + offset commit)"},
     )
     tick_interval: float = field(

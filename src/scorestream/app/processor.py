@@ -240,9 +240,8 @@ class Processor:
         """In the anonymous id's partition: give its state to the contact, leave an alias."""
         store = ps.store
         other = store.get(req.anon)
-        stub = ContactState(req.anon, anonymous=True)
+        stub = self.engine.new_state(req.anon, anonymous=True)
         stub.alias = req.to
-        stub.rules_version = self.engine.rules.version
         if other is None:
             self._changed(ps, stub, [])
             return

@@ -116,7 +116,8 @@ class Engine:
             for m in rules.models
             if m.decay == "expire_after" or (m.decay == "half_life" and m.thresholds)
         )
-        self._version = rules.version
+        # States keep a short form of the rules version: enough to notice a change.
+        self._version = rules.version[:23]
         self._attr_paths: dict[str, tuple[str, ...]] = {
             a.attribute: split_path(a.attribute) for m in rules.models for a in m.attribute_rules
         }
@@ -126,7 +127,7 @@ class Engine:
     def new_state(self, key: str, anonymous: bool = False) -> ContactState:
         """A state for a profile never seen before."""
         state = ContactState(key, anonymous)
-        state.rules_version = self.rules.version
+        state.rules_version = self._version
         return state
 
     def apply(self, state: ContactState, event: AnyEvent) -> Outcome:
@@ -451,9 +452,9 @@ class Engine:
 
     def _sync_rules(self, state: ContactState, t: int, crossings: list[Crossing]) -> None:
         """A state scored under other rules gets its attribute points recomputed once."""
-        if state.rules_version == self.rules.version:
+        if state.rules_version == self._version:
             return
-        state.rules_version = self.rules.version
+        state.rules_version = self._version
         if not state.attrs:
             return
         now = max(t, state.clock or t)

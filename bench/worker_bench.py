@@ -1,0 +1,279 @@
+"""Live worker throughput against Faust baselines on the same broker and topics, and
+end-to-end latency at a steady rate (event produced -> crossing consumed).
+
+    .venv/bin/python bench/worker_bench.py [--events 60000] [--rate 1000] [--seconds 20]
+
+Needs the local broker (`scorestream broker start`). Every run uses fresh topics with a
+unique prefix and deletes them at the end. Throughput figures are events per second from
+the first to the last input event; the comparison that matters is the ratio, measured
+in the same run against:
+
+* a no-op Faust agent (counts events; Faust's own ceiling here);
+* a Faust agent writing a RocksDB table once per event (the textbook design; each write
+  is a changelog record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from scorestream.app.worker import INPUT_TOPICS, REPARTITION  # noqa: E402
+from scorestream.engine.timeutil import US_PER_SECOND, format_ts  # noqa: E402
+from scorestream.settings import Settings  # noqa: E402
+from scorestream.simulate import Traffic, topic_for  # noqa: E402
+from scorestream.topics import apply, load_declarations  # noqa: E402
+
+PYTHON = sys.executable
+
+
+def produce_all(bootstrap: str, prefix: str, events: list[dict[str, Any]]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5})
+    for i, ev in enumerate(events):
+        key = (ev.get("contact_id") or ev["anonymous_id"]).encode()
+        while True:
+            try:
+                p.produce(prefix + topic_for(ev["type"]), json.dumps(ev).encode(), key)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 5000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+
+def run_faust(mode: str, bootstrap: str, prefix: str, n: int, tmp: Path) -> float:
+    result = tmp / f"{mode}.json"
+    env = {
+        **os.environ,
+        "BENCH_TOPICS": ",".join(prefix + t for t in INPUT_TOPICS),
+        "BENCH_N": str(n),
+        "BENCH_MODE": mode,
+        "BENCH_RESULT": str(result),
+        "BENCH_BOOTSTRAP": bootstrap,
+        "BENCH_APP": f"{prefix}{mode}",
+        "BENCH_STATE": str(tmp / f"faust-{mode}"),
+    }
+    proc = subprocess.Popen(
+        [PYTHON, str(ROOT / "bench" / "faust_baseline.py"), "worker", "-l", "warn"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    doc = json.loads(result.read_text())
+    return float(n / (doc["done"] - doc["first"]))
+
+
+def status(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
+    except OSError:
+        return {"partitions": {}}
+
+
+def input_progress(port: int, prefix: str) -> int:
+    inputs = {prefix + t for t in INPUT_TOPICS}
+    return sum(
+        offset
+        for info in status(port).get("partitions", {}).values()
+        for topic, offset in info["applied"].items()
+        if topic in inputs
+    )
+
+
+def start_worker(bootstrap: str, prefix: str, tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SCORESTREAM_BOOTSTRAP": bootstrap,
+        "SCORESTREAM_TOPIC_PREFIX": prefix,
+        "SCORESTREAM_APP_ID": f"{prefix}worker",
+        "SCORESTREAM_STATE_DIR": str(tmp / "worker-state"),
+        "SCORESTREAM_WEB_PORT": str(port),
+        "SCORESTREAM_RULES": str(ROOT / "rules" / "b2b.yaml"),
+        "SCORESTREAM_LOG_LEVEL": "warning",
+    }
+    with open(tmp / "worker.log", "ab") as log:
+        return subprocess.Popen(
+            [PYTHON, "-m", "scorestream", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def run_worker(bootstrap: str, prefix: str, n: int, tmp: Path, port: int) -> tuple[float, Any]:
+    proc = start_worker(bootstrap, prefix, tmp, port)
+    first = done = None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        progress = input_progress(port, prefix)
+        now = time.time()
+        if progress > 0 and first is None:
+            first = now
+        if progress >= n:
+            done = now
+            break
+        time.sleep(0.02)
+    assert first is not None and done is not None, (tmp / "worker.log").read_text()[-3000:]
+    return n / (done - first), proc
+
+
+def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[str, float]:
+    """Steady traffic at ``rate``; every 8th event completes a probe contact's 4th pricing
+    visit (15 x 4 = 60 >= mql 50): produce-to-consume time of that crossing."""
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    stop = threading.Event()
+    leads = prefix + "leads.sales_ready"
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"{prefix}lat", "enable.auto.commit": False}
+    )
+    parts = []
+    for p in range(6):
+        _, high = consumer.get_watermark_offsets(TopicPartition(leads, p), timeout=10)
+        parts.append(TopicPartition(leads, p, high))
+    consumer.assign(parts)
+
+    def consume() -> None:
+        while not stop.is_set():
+            for msg in consumer.consume(500, timeout=0.1):
+                if msg.error():
+                    continue
+                got = time.time()
+                doc = json.loads(msg.value())
+                t0 = sent.get(doc["contact_id"])
+                if t0 is not None and doc["threshold"] == "mql" and doc["direction"] == "up":
+                    latencies.append(got - t0)
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    prod = Producer(
+        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 0}
+    )
+    background = iter(Traffic(3000, seed=99, start_us=None, rate=rate))
+    total = int(rate * seconds)
+    began = time.monotonic()
+    probes: list[tuple[str, int]] = []
+    for i in range(total):
+        if i % 2 == 0:
+            if not probes or probes[-1][1] == 4:
+                probes.append((f"probe-{uuid.uuid4().hex[:10]}", 0))
+            contact, done = probes[-1]
+            probes[-1] = (contact, done + 1)
+            ev = {
+                "event_id": f"{contact}-{done}",
+                "type": "page_view",
+                "contact_id": contact,
+                "occurred_at": format_ts(int(time.time() * US_PER_SECOND)),
+                "properties": {"url": "/pricing"},
+            }
+            if done + 1 == 4:
+                sent[contact] = time.time()
+        else:
+            ev = next(background)
+        key = (ev.get("contact_id") or ev["anonymous_id"]).encode()
+        prod.produce(prefix + topic_for(ev["type"]), json.dumps(ev).encode(), key)
+        prod.poll(0)
+        delay = began + (i + 1) / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    prod.flush(30)
+    time.sleep(3)
+    stop.set()
+    reader.join(5)
+    consumer.close()
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
+    return {
+        "samples": len(latencies),
+        "expected": len(sent),
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+        "max_ms": max(latencies) * 1000 if latencies else float("nan"),
+        "achieved_rate": total / (time.monotonic() - began),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    args = parser.parse_args()
+
+    prefix = f"bench-{uuid.uuid4().hex[:6]}-"
+    settings = Settings(bootstrap=args.bootstrap, topic_prefix=prefix)
+    apply(load_declarations(ROOT / "topics"), settings)
+    now = int(time.time() * US_PER_SECOND)
+    traffic = Traffic(5000, seed=3, start_us=now - args.events * 10_000, rate=100.0)
+    events = []
+    for ev in traffic:
+        events.append(ev)
+        if len(events) >= args.events:
+            break
+    produce_all(args.bootstrap, prefix, events)
+    n = len(events)
+    print(f"{n} events of simulated traffic pre-loaded into {prefix}* (6 partitions each)")
+    worker = None
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        try:
+            noop = run_faust("noop", args.bootstrap, prefix, n, tmp)
+            table = run_faust("table", args.bootstrap, prefix, n, tmp)
+            ours, worker = run_worker(args.bootstrap, prefix, n, tmp, 6099)
+            print(f"{'consumer':<48}{'events/s':>10}{'x no-op':>10}")
+            for name, rate in (
+                ("Faust no-op agent", noop),
+                ("Faust agent + RocksDB table write per event", table),
+                ("scorestream worker (B2B plan, checkpoints)", ours),
+            ):
+                print(f"{name:<48}{rate:>10,.0f}{rate / noop:>10.2f}")
+            lat = latency(args.bootstrap, prefix, args.rate, args.seconds)
+            print(
+                f"latency at {lat['achieved_rate']:,.0f} events/s for {args.seconds:.0f} s: "
+                f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms "
+                f"({lat['samples']} of {lat['expected']} crossings seen)"
+            )
+        finally:
+            if worker is not None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                worker.wait(30)
+            admin = AdminClient({"bootstrap.servers": args.bootstrap})
+            names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+            if names:
+                for f in admin.delete_topics(names).values():
+                    f.result()
+
+
+if __name__ == "__main__":
+    main()
