@@ -54,10 +54,8 @@ def state_after_100_events(engine: Engine) -> int:
     """Bytes of one contact's state after 100 typical B2B events (the README figure)."""
     traffic = Traffic(1, seed=7, start_us=parse_ts("2026-03-01T00:00:00Z"), rate=0.001)
     pop = Population(engine)
-    n = 0
-    for ev in traffic:
+    for n, ev in enumerate(traffic, start=1):
         pop.process(event_from_dict(ev))
-        n += 1
         if n >= 100:
             break
     (state,) = pop.states.values()

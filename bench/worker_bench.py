@@ -36,7 +36,7 @@ from confluent_kafka.admin import AdminClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from scorestream.app.worker import INPUT_TOPICS, REPARTITION  # noqa: E402
+from scorestream.app.worker import INPUT_TOPICS  # noqa: E402
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
 from scorestream.simulate import Traffic, topic_for  # noqa: E402
@@ -261,7 +261,8 @@ def main() -> None:
             lat = latency(args.bootstrap, prefix, args.rate, args.seconds)
             print(
                 f"latency at {lat['achieved_rate']:,.0f} events/s for {args.seconds:.0f} s: "
-                f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms "
+                f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
+                f"max {lat['max_ms']:.1f} ms "
                 f"({lat['samples']} of {lat['expected']} crossings seen)"
             )
         finally:
