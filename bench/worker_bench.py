@@ -163,7 +163,8 @@ def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[st
 
     def consume() -> None:
         while not stop.is_set():
-            for msg in consumer.consume(500, timeout=0.1):
+            msg = consumer.poll(0.05)  # one at a time: consume(n) would wait to fill a batch
+            if msg is not None:
                 if msg.error():
                     continue
                 got = time.time()
@@ -177,8 +178,15 @@ def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[st
     prod = Producer(
         {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 0}
     )
-    background = iter(Traffic(3000, seed=99, start_us=None, rate=rate))
     total = int(rate * seconds)
+    # Generated before the clock starts (choosing among thousands of people is slow);
+    # each event gets its occurred_at when it is sent.
+    pregenerated = []
+    for ev in Traffic(3000, seed=99, start_us=None, rate=rate):
+        pregenerated.append(ev)
+        if len(pregenerated) >= total:
+            break
+    background = iter(pregenerated)
     began = time.monotonic()
     probes: list[tuple[str, int]] = []
     for i in range(total):
@@ -198,6 +206,7 @@ def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[st
                 sent[contact] = time.time()
         else:
             ev = next(background)
+            ev["occurred_at"] = format_ts(int(time.time() * US_PER_SECOND))
         key = (ev.get("contact_id") or ev["anonymous_id"]).encode()
         prod.produce(prefix + topic_for(ev["type"]), json.dumps(ev).encode(), key)
         prod.poll(0)
@@ -206,6 +215,19 @@ def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[st
             time.sleep(delay)
     prod.flush(30)
     time.sleep(3)
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:6099/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(
+                    (
+                        "scorestream_event_delay_seconds_bucket",
+                        "scorestream_checkpoint_blocking_seconds",
+                        "scorestream_loop_lag_seconds",
+                    )
+                ):
+                    print("   ", line)
+    except OSError:
+        pass
     stop.set()
     reader.join(5)
     consumer.close()
@@ -229,6 +251,7 @@ def main() -> None:
     parser.add_argument(
         "--bootstrap", default=os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
     )
+    parser.add_argument("--keep-log", metavar="FILE", help="copy the worker's log here")
     args = parser.parse_args()
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}-"
@@ -269,6 +292,8 @@ def main() -> None:
             if worker is not None:
                 os.killpg(worker.pid, signal.SIGTERM)
                 worker.wait(30)
+            if args.keep_log and (tmp / "worker.log").exists():
+                Path(args.keep_log).write_bytes((tmp / "worker.log").read_bytes())
             admin = AdminClient({"bootstrap.servers": args.bootstrap})
             names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
             if names:

@@ -40,6 +40,7 @@ class Metrics(NamedTuple):
     checkpoints: Counter
     checkpoint_seconds: Histogram
     checkpoint_records: Counter
+    checkpoint_blocking: Histogram
     recovery_seconds: Histogram
     recovered_records: Counter
     timers_fired: Counter
@@ -48,6 +49,7 @@ class Metrics(NamedTuple):
     watermark: Gauge
     consumer_lag: Gauge
     ready: Gauge
+    loop_lag: Histogram
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -83,7 +85,7 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         event_delay=Histogram(
             "scorestream_event_delay_seconds",
             "Wall-clock time between an event's occurred_at and its processing",
-            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
             registry=reg,
         ),
         checkpoints=Counter(
@@ -96,6 +98,12 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             "scorestream_checkpoint_seconds",
             "Duration of a checkpoint (changelog flush, offset commit, RocksDB write)",
             buckets=_CHECKPOINT_BUCKETS,
+            registry=reg,
+        ),
+        checkpoint_blocking=Histogram(
+            "scorestream_checkpoint_blocking_seconds",
+            "Part of a checkpoint during which no message is processed (snapshot, local write)",
+            buckets=_LATENCY_BUCKETS,
             registry=reg,
         ),
         checkpoint_records=Counter(
@@ -139,6 +147,12 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             "scorestream_consumer_lag_messages",
             "Messages not yet processed (log end offset - next offset to process)",
             ["topic", "partition"],
+            registry=reg,
+        ),
+        loop_lag=Histogram(
+            "scorestream_loop_lag_seconds",
+            "How late a 50 ms sleep on the worker's event loop wakes up (stalls delay everything)",
+            buckets=_LATENCY_BUCKETS,
             registry=reg,
         ),
         ready=Gauge(

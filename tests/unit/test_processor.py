@@ -242,7 +242,7 @@ def test_idle_contacts_fire_timers_when_the_watermark_passes(tmp_path: Path) -> 
     h.event(ev(4, "page_view", 25 * 60, {"url": "/about"}, contact_id=_same_partition_as("c-1")))
     h.proc.tick(wall=2_000_000_000.0)
     state = h.state("c-1")
-    assert state.ledger[-1][2:] == ["email-ignored", -5.0, due]
+    assert state.ledger[-1][2:] == ("email-ignored", -5.0, due)
     assert ps.scheduled["c-1"] > due  # next: the decay of mql, weeks later
 
 

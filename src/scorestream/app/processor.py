@@ -95,6 +95,8 @@ class Processor:
         self.lateness_us = int(lateness * US_PER_SECOND)
         self.idle_timeout = idle_timeout
         self.parts: dict[int, PartitionState] = {}
+        #: event time of the last event applied (for the event-delay metric)
+        self.last_ts = 0
 
     # ------------------------------------------------------------------ assignment
 
@@ -213,6 +215,7 @@ class Processor:
         if outcome.status == "duplicate":
             return "duplicate"
         ps.last_event_wall = wall
+        self.last_ts = event.ts
         if ps.max_event_ts is None or event.ts > ps.max_event_ts:
             ps.max_event_ts = event.ts
         self._changed(ps, state, outcome.crossings)
@@ -348,17 +351,35 @@ class Processor:
             ps.scheduled[key] = due
             heapq.heappush(ps.heap, (due, key))
 
-    def snapshot(self, partition: int) -> Snapshot:
-        """The partition's dirty states (changelog values) and score records, and its offsets."""
+    def take_dirty(self, partition: int) -> list[str]:
+        """Keys changed since the last call (they are no longer marked dirty)."""
+        return [state.key for state in self.parts[partition].store.take_dirty()]
+
+    def encode(self, partition: int, key: str) -> tuple[bytes, bytes | None]:
+        """A contact's changelog value and its ``contacts.scores`` record (None for aliases)."""
         ps = self.parts[partition]
+        state = ps.store.get(key)
+        assert state is not None, key
+        value = encode_value(state, ps.scheduled.get(key))
+        score = None
+        if state.alias is None and state.clock is not None:
+            score = json.dumps(self.score_record(state)).encode()
+        return value, score
+
+    def vector(self, partition: int) -> dict[str, int]:
+        """Per consumed topic, the next offset this partition's state includes."""
+        return dict(self.parts[partition].applied)
+
+    def snapshot(self, partition: int) -> Snapshot:
+        """The partition's dirty states (changelog values), score records and offsets, at once."""
         states: list[tuple[str, bytes]] = []
         scores: list[tuple[str, bytes]] = []
-        for state in ps.store.take_dirty():
-            due = ps.scheduled.get(state.key)
-            states.append((state.key, encode_value(state, due)))
-            if state.alias is None and state.clock is not None:
-                scores.append((state.key, json.dumps(self.score_record(state)).encode()))
-        return Snapshot(partition, states, scores, dict(ps.applied))
+        for key in self.take_dirty(partition):
+            value, score = self.encode(partition, key)
+            states.append((key, value))
+            if score is not None:
+                scores.append((key, score))
+        return Snapshot(partition, states, scores, self.vector(partition))
 
     def score_record(self, state: ContactState) -> dict[str, Any]:
         """The ``contacts.scores`` message of a contact (scores at its own clock)."""

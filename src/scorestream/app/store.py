@@ -70,6 +70,8 @@ class PartitionStore:
         self._cache: OrderedDict[str, ContactState] = OrderedDict()
         self.cache_size = cache_size
         self.dirty: set[str] = set()
+        #: keys being checkpointed: taken from ``dirty``, not yet written to RocksDB
+        self.pending: set[str] = set()
 
     # -- state access (event loop)
 
@@ -98,14 +100,25 @@ class PartitionStore:
         if len(cache) > self.cache_size:
             # Evict least recently used clean states; dirty ones stay until written.
             for old in list(cache.keys())[: len(cache) - self.cache_size]:
-                if old not in self.dirty:
+                if old not in self.dirty and old not in self.pending:
                     del cache[old]
 
     def take_dirty(self) -> list[ContactState]:
-        """The states changed since the last call, in key order (and forget them as dirty)."""
+        """The states changed since the last call, in key order.
+
+        They stop being dirty and become pending: kept in memory until :meth:`settle`
+        says whether they reached RocksDB.
+        """
         keys = sorted(self.dirty)
         self.dirty = set()
+        self.pending.update(keys)
         return [self._cache[k] for k in keys]
+
+    def settle(self, keys: list[str], written: bool) -> None:
+        """End of a checkpoint: written states may leave memory; others are dirty again."""
+        self.pending.difference_update(keys)
+        if not written:
+            self.dirty.update(keys)
 
     @property
     def cached(self) -> int:
@@ -116,6 +129,7 @@ class PartitionStore:
         """Forget cached states (after the database changed underneath, e.g. recovery)."""
         self._cache.clear()
         self.dirty.clear()
+        self.pending.clear()
 
     # -- persistence
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -70,6 +71,12 @@ CHANGELOG = "scorestream.state-changelog"
 LEADS = "leads.sales_ready"
 SCORES = "contacts.scores"
 DLQ = "events.dlq"
+
+
+#: contacts encoded between two yields to the event loop during a checkpoint
+CHECKPOINT_CHUNK = 200
+#: states written to RocksDB per batch at the end of a checkpoint
+LOCAL_WRITE_CHUNK = 2000
 
 
 class CheckpointError(RuntimeError):
@@ -236,6 +243,7 @@ class Runtime:
         self._ckpt_lock = asyncio.Lock()
         self._outcome_counters: dict[tuple[str, str], Any] = {}
         self._since_poll = 0
+        self._frozen = False
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ Kafka output
@@ -277,7 +285,10 @@ class Runtime:
         """Called by the agent for every message, in partition order."""
         start = time.perf_counter()
         try:
-            outcome = self.processor.handle(topic, partition, offset, value, time.time())
+            wall = time.time()
+            outcome = self.processor.handle(topic, partition, offset, value, wall)
+            if outcome == "applied":
+                self.metrics.event_delay.observe(wall - self.processor.last_ts / US_PER_SECOND)
         except Exception as exc:  # a bug must not stop the service: keep the message, say why
             log.exception("internal error on %s[%d]@%d", topic, partition, offset)
             self.processor.emit.dlq(
@@ -297,61 +308,80 @@ class Runtime:
             self.producer.poll(0)
 
     async def checkpoint(self) -> None:
-        """Make everything processed so far durable (see the module docstring)."""
+        """Make everything processed so far durable (see the module docstring).
+
+        Encoding the changed states is the only part that needs the event loop; it runs in
+        chunks with the loop free between them, so a checkpoint does not stall processing
+        (and the latency of crossings) for its whole length. Each chunk's changelog
+        records carry the offsets processed when the chunk was encoded; the commit is of
+        the offsets at the start, which every record includes, and the local RocksDB
+        marker stays before this checkpoint's records so that a recovery reads them (and
+        their offsets) again.
+        """
         async with self._ckpt_lock:
-            start = time.perf_counter()
-            proc = self.processor
-            snaps = [proc.snapshot(p) for p in sorted(proc.parts)]
-            generation = str(self.app.consumer_generation_id).encode()
-            records = 0
-            for snap in snaps:
-                headers = [("v", json.dumps(snap.vector).encode()), ("g", generation)]
-                for key, value in snap.states:
-                    self.produce(
-                        self.topology.changelog, key.encode(), value, snap.partition, headers
-                    )
-                for key, value in snap.scores:
-                    self.produce(self.topology.scores, key.encode(), value)
-                records += len(snap.states)
-            loop = asyncio.get_running_loop()
-            remaining = await loop.run_in_executor(None, self.producer.flush, 60.0)
-            if remaining or self._delivery_errors:
-                errors = "; ".join(self._delivery_errors[:5])
-                raise CheckpointError(f"Kafka did not acknowledge {remaining} records: {errors}")
-            offsets = {
-                TP(topic, snap.partition): offset
-                for snap in snaps
-                for topic, offset in snap.vector.items()
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        start = time.perf_counter()
+        proc = self.processor
+        parts = sorted(proc.parts)
+        commit_at = {p: proc.vector(p) for p in parts}
+        keys = {p: proc.take_dirty(p) for p in parts}
+        marks = {p: self._changelog_next.get(p, 0) for p in parts}
+        generation = str(self.app.consumer_generation_id).encode()
+        encoded: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in parts}
+        blocking = time.perf_counter() - start
+        for p in parts:
+            todo = keys[p]
+            for i in range(0, len(todo), CHECKPOINT_CHUNK):
+                chunk_start = time.perf_counter()
+                headers = [("v", json.dumps(proc.vector(p)).encode()), ("g", generation)]
+                for key in todo[i : i + CHECKPOINT_CHUNK]:
+                    value, score = proc.encode(p, key)
+                    raw_key = key.encode()
+                    self.produce(self.topology.changelog, raw_key, value, p, headers)
+                    if score is not None:
+                        self.produce(self.topology.scores, raw_key, score)
+                    encoded[p].append((raw_key, value))
+                blocking += time.perf_counter() - chunk_start
+                await asyncio.sleep(0)  # let messages through between chunks
+        records = sum(len(v) for v in encoded.values())
+        loop = asyncio.get_running_loop()
+        remaining = await loop.run_in_executor(None, self.producer.flush, 60.0)
+        if remaining or self._delivery_errors:
+            errors = "; ".join(self._delivery_errors[:5])
+            raise CheckpointError(f"Kafka did not acknowledge {remaining} records: {errors}")
+        offsets = {TP(topic, p): offset for p in parts for topic, offset in commit_at[p].items()}
+        # Faust's own commit() commits acked offsets, and we ack nothing (acks=False):
+        # _commit() commits exactly the offsets given.
+        consumer: Any = self.app.consumer
+        committed = (await consumer._commit(offsets)) if offsets else True
+        if not committed:
+            # A rebalance took the partitions: the changelog is ahead of the committed
+            # offsets, which recovery handles; the states stay dirty for the local write.
+            for p in parts:
+                self.stores[p].settle(keys[p], written=False)
+            self.metrics.checkpoints.labels("not_committed").inc()
+            return
+        for p in parts:
+            store = self.stores[p]
+            items = encoded[p]
+            meta = {
+                "changelog_offset": marks[p],
+                "vector": commit_at[p],
+                "generation": int(generation),
             }
-            # Faust's own commit() commits acked offsets, and we ack nothing (acks=False):
-            # _commit() commits exactly the offsets given.
-            consumer: Any = self.app.consumer
-            committed = (await consumer._commit(offsets)) if offsets else True
-            if not committed:
-                # A rebalance took the partitions: the changelog is ahead of the committed
-                # offsets, which recovery handles; keep the states dirty for the local write.
-                for snap in snaps:
-                    store = self.stores.get(snap.partition)
-                    if store is not None:
-                        store.dirty.update(k for k, _ in snap.states)
-                self.metrics.checkpoints.labels("not_committed").inc()
-                return
-            for snap in snaps:
-                store = self.stores.get(snap.partition)
-                if store is None or not snap.states:
-                    continue
-                store.write(
-                    [(k.encode(), v) for k, v in snap.states],
-                    {
-                        "changelog_offset": self._changelog_next.get(snap.partition, 0),
-                        "vector": snap.vector,
-                        "generation": int(generation),
-                    },
-                )
-            self.metrics.checkpoints.labels("ok").inc()
-            self.metrics.checkpoint_records.inc(records)
-            self.metrics.checkpoint_seconds.observe(time.perf_counter() - start)
-            self.metrics.contacts_cached.set(sum(s.cached for s in self.stores.values()))
+            for i in range(0, max(len(items), 1), LOCAL_WRITE_CHUNK):
+                write_start = time.perf_counter()
+                store.write(items[i : i + LOCAL_WRITE_CHUNK], meta)
+                blocking += time.perf_counter() - write_start
+                await asyncio.sleep(0)
+            store.settle(keys[p], written=True)
+        self.metrics.checkpoint_blocking.observe(blocking)
+        self.metrics.checkpoints.labels("ok").inc()
+        self.metrics.checkpoint_records.inc(records)
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+        self.metrics.contacts_cached.set(sum(s.cached for s in self.stores.values()))
 
     def tick(self) -> None:
         """Timers and decay of idle contacts; the watermark gauges."""
@@ -367,14 +397,19 @@ class Runtime:
         """Before partitions go: checkpoint everything, then let them go."""
         self.ready = False
         self.metrics.ready.set(0)
-        if self.processor.parts:
-            await self.checkpoint()
-        for p in list(self.processor.parts):
-            self.processor.release(p)
+        async with self._ckpt_lock:
+            if self.processor.parts:
+                await self._checkpoint()
+            for p in list(self.processor.parts):
+                self.processor.release(p)
         self.metrics.partitions.set(0)
 
     async def on_assigned(self, assignment: Iterable[TP]) -> None:
         """After assignment, before Faust resumes fetching: recover our partitions."""
+        async with self._ckpt_lock:  # never while a checkpoint is using the stores
+            await self._on_assigned(assignment)
+
+    async def _on_assigned(self, assignment: Iterable[TP]) -> None:
         consumed = set(self.topology.consumed)
         mine = {tp.partition for tp in assignment if tp.topic in consumed}
         have = {(tp.topic, tp.partition) for tp in assignment}
@@ -400,6 +435,13 @@ class Runtime:
                     "partition %d: recovered %d changelog records (%d ahead)", p, n, len(ahead)
                 )
         self.metrics.partitions.set(len(mine))
+        if not self._frozen:
+            # Everything alive now (modules, Faust's services, recovered states) lives as
+            # long as the process: keep it out of the cyclic GC's full collections, whose
+            # pauses were the tail of our latency. Once only: later cycles stay collectable.
+            gc.collect()
+            gc.freeze()
+            self._frozen = True
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready: partitions %s", sorted(mine))
@@ -455,6 +497,10 @@ class Runtime:
             applied = 0
             newest_generation = -1
             position = start
+            # The local marker must not pass a record that is ahead of the committed
+            # offsets: a crash before the next checkpoint needs to read it (and its offsets)
+            # again.
+            first_ahead: int | None = None
             while position < high:
                 batch: list[tuple[bytes, bytes | None]] = []
                 for msg in reader.consume(num_messages=5000, timeout=1.0):
@@ -472,10 +518,13 @@ class Runtime:
                     contact = key.decode("utf-8")
                     if any(off > committed.get(topic, 0) for topic, off in vector.items()):
                         ahead[contact] = vector
+                        if first_ahead is None:
+                            first_ahead = position - 1
                     else:
                         ahead.pop(contact, None)
                 if batch:
-                    store.apply_changelog(batch, {"changelog_offset": position})
+                    marker = position if first_ahead is None else first_ahead
+                    store.apply_changelog(batch, {"changelog_offset": marker})
                     applied += len(batch)
             self._changelog_next[partition] = max(self._changelog_next.get(partition, 0), position)
             if applied:
@@ -549,6 +598,17 @@ class Runtime:
                 await asyncio.get_running_loop().run_in_executor(None, runtime.update_lag)
 
         timer(10.0)(lag)
+
+        async def watch_loop() -> None:
+            while True:
+                before = time.perf_counter()
+                await asyncio.sleep(0.05)
+                late = time.perf_counter() - before - 0.05
+                runtime.metrics.loop_lag.observe(max(0.0, late))
+                if late > 0.2:
+                    log.warning("event loop stalled for %.0f ms", late * 1000)
+
+        app.task(watch_loop)
 
         signals: Any = app
 

@@ -69,8 +69,8 @@ class ModelState:
         self.t0: int = 0
         #: rule id -> points (half_life: amount at t0; none: plain sum)
         self.pts: dict[str, float] = {}
-        #: expire_after: [award time, rule id, points], sorted by time
-        self.buckets: list[list[Any]] = []
+        #: expire_after: (award time, {rule id: points}), sorted by time
+        self.buckets: list[tuple[int, dict[str, float]]] = []
         #: attribute rule id -> points, for the rules the current attributes match
         self.attr: dict[str, float] = {}
         #: names of thresholds the contact is in
@@ -88,7 +88,8 @@ class ModelState:
     def load(cls, raw: list[Any]) -> ModelState:
         """Inverse of :meth:`dump`."""
         ms = cls()
-        ms.t0, ms.pts, ms.buckets, ms.attr, ms.inside, ms.counts = raw
+        ms.t0, ms.pts, buckets, ms.attr, ms.inside, ms.counts = raw
+        ms.buckets = [(t, parts) for t, parts in buckets]
         return ms
 
 
@@ -123,10 +124,10 @@ class ContactState:
         #: dedupe memory: 64-bit id hashes, oldest first
         self.seen: array[int] = array("Q")
         self._seen_set: set[int] | None = None
-        #: [event_id, model, rule_id, points, time µs], oldest first
-        self.ledger: list[list[Any]] = []
-        #: pending unless timers: [due, model, rule_id, match_values, start, event_id, points]
-        self.timers: list[list[Any]] = []
+        #: (event_id, model, rule_id, points, time µs), oldest first
+        self.ledger: list[tuple[Any, ...]] = []
+        #: pending unless timers: (due, model, rule_id, match_values, start, event_id, points)
+        self.timers: list[tuple[Any, ...]] = []
         #: "model/rule" -> award times (windowed limit) or award count (limit ever)
         self.limits: dict[str, Any] = {}
         #: version of the rules the attribute points were computed with
@@ -194,8 +195,9 @@ class ContactState:
         state.alias = doc[3]
         state.attrs = doc[4]
         state.models = {name: ModelState.load(raw) for name, raw in doc[5].items()}
-        state.ledger = doc[6]
-        state.timers = doc[7]
+        # Entries come back as lists; tuples keep them out of the cyclic GC's way.
+        state.ledger = [tuple(e) for e in doc[6]]
+        state.timers = [(*x[:3], tuple(x[3]), *x[4:]) for x in doc[7]]
         state.limits = doc[8]
         state.rules_version = doc[9]
         seen = array("Q")
