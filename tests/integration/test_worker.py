@@ -70,7 +70,13 @@ def assert_same_as_offline(
     """Crossings on the leads topic and scores from the HTTP API equal the offline run's."""
     run = offline(rules, raws, at)
     expected = {c.crossing_id: c.to_dict() for c in run.crossings}
+    # Ticks and producer flushes run on their own schedule: on a busy machine the last
+    # crossings can take a few seconds to appear. Wait for them (bounded), then compare.
+    deadline = time.monotonic() + 30
     live = crossings_by_id(bootstrap, prefix + "leads.sales_ready")
+    while sorted(live) != sorted(expected) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        live = crossings_by_id(bootstrap, prefix + "leads.sales_ready")
     assert sorted(live) == sorted(expected)
     assert live == expected
     api = workers[0]
