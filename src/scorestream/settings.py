@@ -59,7 +59,7 @@ class Settings:
     )
     app_id: str = field(
         default="scorestream",
-        metadata={"doc": "Faust app id = consumer group; also names the state changelog topic"},
+        metadata={"doc": "Faust app id = consumer group; local state under STATE_DIR/APP_ID"},
     )
     state_dir: str = field(default="var/state", metadata={"doc": "local RocksDB state folder"})
     web_host: str = field(default="127.0.0.1", metadata={"doc": "HTTP API / metrics bind address"})
