@@ -71,8 +71,12 @@ class Population:
                 result.crossings.extend(engine.merge(state, other, event.ts, event.event_id))
             self.aliases[anon] = contact
             return result
-        key = self.resolve(event.key)
-        state = self.state_for(key, anonymous=event.contact_id is None)
+        key = event.key
+        if key in self.aliases:
+            key = self.resolve(key)
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = engine.new_state(key, event.contact_id is None)
         outcome = engine.apply(state, event)
         return Result(outcome.status, key, outcome.crossings)
 

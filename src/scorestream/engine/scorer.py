@@ -757,6 +757,8 @@ class Engine:
                 return []
             ms = state.models[model.name] = ModelState()
         inside = ms.inside
+        if not inside and score < model.thresholds[0].enter:
+            return []  # the common case: below every threshold and in none
         ups = [th for th in model.thresholds if th.name not in inside and score >= th.enter]
         downs = [th for th in reversed(model.thresholds) if th.name in inside and score < th.exit]
         if not ups and not downs:
