@@ -323,22 +323,11 @@ def test_a_removed_attribute_is_tested_as_missing() -> None:
     assert _fit_after([{"country": "DE", "job_title": "CTO"}, {"job_title": None}]) == 9.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: attribute rules are only evaluated for attributes a profile_update changed, "
-    "so `ne`/`exists: false` on a never-set attribute award nothing (spec: a missing "
-    "attribute is tested like a missing path, so ne and exists: false pass)",
-)
 def test_a_never_set_attribute_is_tested_as_missing() -> None:
     # Same current attributes as test_a_removed_attribute_is_tested_as_missing ({country: DE}),
-    # so the same score: has-country 1 + not-student 5 + no-title 3. Observed: 1.0.
+    # so the same score: has-country 1 + not-student 5 + no-title 3.
     assert _fit_after([{"country": "DE"}]) == 9.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a contact with no profile_update gets 0 from attribute rules that match a "
-    "missing attribute (`ne`, `exists: false`); spec: they pass",
-)
 def test_a_contact_without_any_profile_gets_points_for_missing_attribute_tests() -> None:
-    assert _fit_after([]) == 8.0  # not-student 5 + no-title 3; observed 0.0
+    assert _fit_after([]) == 8.0  # not-student 5 + no-title 3

@@ -22,11 +22,12 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from scorestream.engine.timeutil import to_us
+from scorestream.engine.timeutil import TimeFormatError, parse_datetime, to_us
 
 EMAIL_TYPES = ("email_sent", "email_open", "email_click", "email_unsubscribe", "email_bounce")
 CART_TYPES = (
@@ -127,6 +128,21 @@ class _EventBase(BaseModel):
 
     #: well-known properties of this type: name -> (accepted JSON types, required)
     PROPS: ClassVar[PropSpec] = {}
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        # pydantic alone also takes "1772360100", "2026-03-01T10:15Z" or "+0200" offsets
+        if isinstance(value, str):
+            try:
+                return parse_datetime(value)
+            except TimeFormatError:
+                raise PydanticCustomError(
+                    "rfc3339",
+                    "expected an RFC 3339 timestamp with offset, e.g. 2026-03-01T10:15:00Z",
+                    {},
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _finish(self) -> _EventBase:
@@ -291,18 +307,30 @@ _TAGS = {"page_view", "email", "form_submit", "cart", "profile_update", "identif
 
 def decode_event(data: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
     """Bytes (UTF-8 JSON) to a validated event, or :class:`InvalidEvent` with the reason."""
-    size = len(data)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    size = len(raw)
     if size > max_bytes:
         raise InvalidEvent(f"too large: {size} bytes > {max_bytes}")
+    if b"NaN" in raw or b"Infinity" in raw:
+        # The JSON parser accepts these non-JSON literals; a strict parse tells apart a
+        # literal from the same letters inside a string.
+        try:
+            json.loads(raw, parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise InvalidEvent(f"not valid JSON: {exc}") from None
     try:
-        return _ADAPTER.validate_json(data)
+        return _ADAPTER.validate_json(raw)
     except ValidationError as exc:
-        if isinstance(data, bytes | bytearray):
+        if isinstance(raw, bytes | bytearray):
             try:
-                bytes(data).decode("utf-8")
+                bytes(raw).decode("utf-8")
             except UnicodeDecodeError as bad:
                 raise InvalidEvent(f"not UTF-8 text: byte {bad.start} is invalid") from None
         raise InvalidEvent(_describe(exc)) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def event_from_dict(obj: dict[str, Any]) -> AnyEvent:

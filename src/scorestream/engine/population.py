@@ -74,9 +74,11 @@ class Population:
         key = event.key
         if key in self.aliases:
             key = self.resolve(key)
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = engine.new_state(key, event.contact_id is None)
+        states = self.states
+        if key in states:
+            state = states[key]
+        else:
+            state = states[key] = engine.new_state(key, event.contact_id is None)
         outcome = engine.apply(state, event)
         return Result(outcome.status, key, outcome.crossings)
 

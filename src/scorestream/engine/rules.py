@@ -143,6 +143,14 @@ class RuleFileSpec(_Strict):
     """The whole file."""
 
     version: Literal[1]
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: Any) -> Any:
+        if type(value) is not int:  # YAML's true/yes and 1.0 are not the version 1
+            raise ValueError("unsupported version; this scorestream reads version: 1")
+        return value
+
     description: str | None = None
     models: dict[str, ModelSpec] = Field(min_length=1)
 
@@ -301,6 +309,25 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that keeps timestamps as strings (``2026-01-01`` must not become a date)."""
 
 
+def _construct_mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+    """Like SafeLoader's, but a key written twice is an error, not a silent overwrite."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key: let the normal constructor report it
+            break
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
 _Loader.yaml_implicit_resolvers = {
     key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -379,16 +406,19 @@ def parse_rules(raw: bytes | str, source: str = "<rules>") -> RuleSet:
             data,
             loc,
             f"key {key!r} was read as a boolean by YAML; "
-            + ("write 'event:' (not 'on:')" if key is True else "quote the key"),
+            + (
+                "write 'event:' if you meant 'on:', or quote the key"
+                if key is True
+                else "quote the key"
+            ),
         )
         for loc, key in _bool_keys(data, ())
     ]
-    if problems:
-        raise RulesError(problems)
+    if problems:  # the structure is unreadable where YAML made booleans of keys
+        raise RulesError(_dedupe(problems + _salvage(data, source)))
     try:
         spec = RuleFileSpec.model_validate(data)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
             # pydantic reports a union's members as loc parts; keep the YAML path only
@@ -396,7 +426,7 @@ def parse_rules(raw: bytes | str, source: str = "<rules>") -> RuleSet:
             message = err["msg"]
             if err["type"] == "extra_forbidden":
                 message = f"unknown key {loc[-1]!r}"
-            elif err["type"] == "literal_error" and loc == ("version",):
+            elif loc == ("version",) and err["type"] in {"literal_error", "value_error"}:
                 message = "unsupported version; this scorestream reads version: 1"
             elif err["type"] == "string_pattern_mismatch":
                 message = (
@@ -404,9 +434,56 @@ def parse_rules(raw: bytes | str, source: str = "<rules>") -> RuleSet:
                     "start with a letter or digit, 64 characters at most"
                 )
             problems.append(_problem(source, data, loc, message))
+        problems.extend(_salvage(data, source))
         raise RulesError(_dedupe(problems)) from None
     version = "sha256:" + hashlib.sha256(data_bytes).hexdigest()
     return _compile(spec, data, source, version)
+
+
+def _salvage(data: Any, source: str) -> list[str]:
+    """Semantic problems of the parts that are structurally valid.
+
+    When the file as a whole does not validate, the rules (and decays) that do are still
+    compiled, so one run reports every problem: a typo in one rule does not hide a bad
+    duration in another.
+    """
+    problems: list[str] = []
+
+    def fail(loc: tuple[int | str, ...], message: str) -> None:
+        problems.append(_problem(source, data, loc, message))
+
+    def duration(loc: tuple[int | str, ...], text: str) -> int:
+        try:
+            return parse_duration(text)
+        except TimeFormatError as exc:
+            fail(loc, str(exc))
+            return 0
+
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        return problems
+    for model_name, raw_model in models.items():
+        if not isinstance(raw_model, dict):
+            continue
+        mloc: tuple[int | str, ...] = ("models", str(model_name))
+        try:
+            decay = DecaySpec.model_validate(raw_model.get("decay") or {})
+        except ValidationError:
+            decay = DecaySpec()
+        for key in ("half_life", "expire_after"):
+            value = getattr(decay, key)
+            if value is not None:
+                duration((*mloc, "decay", key), value)
+        raw_rules = raw_model.get("rules")
+        if not isinstance(raw_rules, list):
+            continue
+        for i, raw_rule in enumerate(raw_rules):
+            try:
+                rule = RuleSpec.model_validate(raw_rule)
+            except ValidationError:
+                continue  # its structural problems are already reported
+            _compile_rule(str(model_name), (*mloc, "rules", i), rule, fail, duration)
+    return problems
 
 
 def _dedupe(items: list[str]) -> list[str]:
@@ -479,87 +556,11 @@ def _compile(spec: RuleFileSpec, data: Any, source: str, version: str) -> RuleSe
             if r.id in seen_ids:
                 fail((*rloc, "id"), f"duplicate rule id {r.id!r} in model {model_name!r}")
             seen_ids.add(r.id)
-            if (r.event is None) == (r.attribute is None):
-                fail(
-                    rloc, "give exactly one of 'event' (event rule) or 'attribute' (attribute rule)"
-                )
-                continue
-            if r.attribute is not None:
-                for key in ("limit", "unless"):
-                    if getattr(r, key) is not None:
-                        fail((*rloc, key), f"{key} applies to event rules only")
-                if isinstance(r.points, PerPoints):
-                    fail((*rloc, "points"), "attribute rules award fixed points")
-                    continue
-                try:
-                    test = (
-                        compile_test(r.where, "")
-                        if r.where is not None
-                        else (lambda x: x is not MISSING)
-                    )
-                except ConditionError as exc:
-                    fail((*rloc, "where", *_sub(exc.path)), exc.message)
-                    continue
-                attribute_rules.append(
-                    AttributeRule(model_name, r.id, r.attribute, test, float(r.points))
-                )
-                continue
-            assert r.event is not None
-            if not _TYPE.match(r.event):
-                fail((*rloc, "event"), f"invalid event type {r.event!r}")
-            match = None
-            if r.where is not None:
-                try:
-                    match = compile_where(r.where, "")
-                except ConditionError as exc:
-                    fail((*rloc, "where", *_sub(exc.path)), exc.message)
-            fixed: float | None = None
-            per: tuple[tuple[str, ...], float, float | None] | None = None
-            if isinstance(r.points, PerPoints):
-                try:
-                    parts = split_path(r.points.per)
-                except ConditionError as exc:
-                    fail((*rloc, "points", "per"), exc.message)
-                    parts = ("",)
-                if r.points.max is not None and r.points.max < 0:
-                    fail((*rloc, "points", "max"), "max is a cap in absolute value; give it >= 0")
-                per = (parts, r.points.factor, r.points.max)
-            else:
-                fixed = float(r.points)
-                if not math.isfinite(fixed):
-                    fail((*rloc, "points"), "points must be a finite number")
-            limit_count = limit_per = None
-            if r.limit is not None:
-                limit_count = r.limit.count
-                if r.limit.per is not None:
-                    limit_per = duration((*rloc, "limit", "per"), r.limit.per)
-            unless_event = None
-            unless_within = 0
-            unless_match: tuple[tuple[str, ...], ...] = ()
-            if r.unless is not None:
-                unless_event = r.unless.event
-                if not _TYPE.match(unless_event):
-                    fail((*rloc, "unless", "event"), f"invalid event type {unless_event!r}")
-                unless_within = duration((*rloc, "unless", "within"), r.unless.within)
-                try:
-                    unless_match = tuple(split_path(p) for p in r.unless.match)
-                except ConditionError as exc:
-                    fail((*rloc, "unless", "match"), exc.message)
-            event_rules.append(
-                EventRule(
-                    model=model_name,
-                    id=r.id,
-                    event=r.event,
-                    match=match,
-                    fixed=fixed,
-                    per=per,
-                    limit_count=limit_count,
-                    limit_per=limit_per,
-                    unless_event=unless_event,
-                    unless_within=unless_within,
-                    unless_match=unless_match,
-                )
-            )
+            compiled = _compile_rule(model_name, rloc, r, fail, duration)
+            if isinstance(compiled, AttributeRule):
+                attribute_rules.append(compiled)
+            elif compiled is not None:
+                event_rules.append(compiled)
         if mspec.thresholds and not (event_rules or attribute_rules):
             fail(mloc, "thresholds without rules")
         models.append(
@@ -604,3 +605,85 @@ def _compile(spec: RuleFileSpec, data: Any, source: str, version: str) -> RuleSe
 
 def _sub(path: str) -> tuple[str, ...]:
     return tuple(p for p in path.split(".") if p)
+
+
+def _compile_rule(
+    model_name: str,
+    rloc: tuple[int | str, ...],
+    r: RuleSpec,
+    fail: Callable[[tuple[int | str, ...], str], None],
+    duration: Callable[[tuple[int | str, ...], str], int],
+) -> EventRule | AttributeRule | None:
+    """One rule's semantic checks and compiled form (None when it cannot be compiled)."""
+    if (r.event is None) == (r.attribute is None):
+        fail(rloc, "give exactly one of 'event' (event rule) or 'attribute' (attribute rule)")
+        return None
+    if r.attribute is not None:
+        for key in ("limit", "unless"):
+            if getattr(r, key) is not None:
+                fail((*rloc, key), f"{key} applies to event rules only")
+        if isinstance(r.points, PerPoints):
+            fail((*rloc, "points"), "attribute rules award fixed points")
+            return None
+        try:
+            test = (
+                compile_test(r.where, "") if r.where is not None else (lambda x: x is not MISSING)
+            )
+        except ConditionError as exc:
+            fail((*rloc, "where", *_sub(exc.path)), exc.message)
+            return None
+        return AttributeRule(model_name, r.id, r.attribute, test, float(r.points))
+    assert r.event is not None
+    if not _TYPE.match(r.event):
+        fail((*rloc, "event"), f"invalid event type {r.event!r}")
+    match = None
+    if r.where is not None:
+        try:
+            match = compile_where(r.where, "")
+        except ConditionError as exc:
+            fail((*rloc, "where", *_sub(exc.path)), exc.message)
+    fixed: float | None = None
+    per: tuple[tuple[str, ...], float, float | None] | None = None
+    if isinstance(r.points, PerPoints):
+        try:
+            parts = split_path(r.points.per)
+        except ConditionError as exc:
+            fail((*rloc, "points", "per"), exc.message)
+            parts = ("",)
+        if r.points.max is not None and r.points.max < 0:
+            fail((*rloc, "points", "max"), "max is a cap in absolute value; give it >= 0")
+        per = (parts, r.points.factor, r.points.max)
+    else:
+        fixed = float(r.points)
+        if not math.isfinite(fixed):
+            fail((*rloc, "points"), "points must be a finite number")
+    limit_count = limit_per = None
+    if r.limit is not None:
+        limit_count = r.limit.count
+        if r.limit.per is not None:
+            limit_per = duration((*rloc, "limit", "per"), r.limit.per)
+    unless_event = None
+    unless_within = 0
+    unless_match: tuple[tuple[str, ...], ...] = ()
+    if r.unless is not None:
+        unless_event = r.unless.event
+        if not _TYPE.match(unless_event):
+            fail((*rloc, "unless", "event"), f"invalid event type {unless_event!r}")
+        unless_within = duration((*rloc, "unless", "within"), r.unless.within)
+        try:
+            unless_match = tuple(split_path(p) for p in r.unless.match)
+        except ConditionError as exc:
+            fail((*rloc, "unless", "match"), exc.message)
+    return EventRule(
+        model=model_name,
+        id=r.id,
+        event=r.event,
+        match=match,
+        fixed=fixed,
+        per=per,
+        limit_count=limit_count,
+        limit_per=limit_per,
+        unless_event=unless_event,
+        unless_within=unless_within,
+        unless_match=unless_match,
+    )

@@ -118,6 +118,7 @@ class Engine:
         )
         # States keep a short form of the rules version: enough to notice a change.
         self._version = rules.version[:23]
+        self._attribute_models = tuple(m for m in rules.models if m.attribute_rules)
         self._attr_paths: dict[str, tuple[str, ...]] = {
             a.attribute: split_path(a.attribute) for m in rules.models for a in m.attribute_rules
         }
@@ -144,11 +145,22 @@ class Engine:
         state.remember(h, self.bounds.seen_ids)
         if event.contact_id is not None and event.contact_id == state.key:
             state.anonymous = False
+        first = state.clock is None and bool(self._attribute_models)
+        if first:
+            # A new contact has no attributes, and attribute rules that pass on a missing
+            # attribute (`ne`, `exists: false`) count from its first event on.
+            self._recompute_attributes(state, event.event_id, t, changed=None)
         now = t if state.clock is None or t > state.clock else state.clock
         if isinstance(event, ProfileUpdate):
             self._profile_update(state, event, t, now, out)
         elif not isinstance(event, Identify):
             self._score_event(state, event, t, now, out)
+        if first:
+            for model in self._attribute_models:
+                if model.thresholds:
+                    out.crossings.extend(
+                        self._check(state, model, now, self._clamp_round(model, 0.0))
+                    )
         state.clock = now
         return out
 

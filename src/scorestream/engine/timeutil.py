@@ -13,7 +13,7 @@ US_PER_SECOND = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
-_DURATION = re.compile(r"^([1-9][0-9]*)([smhdw])$")
+_DURATION = re.compile(r"([1-9][0-9]*)([smhdw])")
 _UNIT_US = {
     "s": US_PER_SECOND,
     "m": 60 * US_PER_SECOND,
@@ -33,7 +33,7 @@ def parse_duration(text: object) -> int:
         raise TimeFormatError(
             f"expected a duration string such as 30s, 15m, 24h, 7d or 2w, got {text!r}"
         )
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
         raise TimeFormatError(
             f"invalid duration {text!r}: use a whole number and one of s, m, h, d, w (e.g. 24h)"
@@ -68,14 +68,13 @@ def format_ts(us: int) -> str:
     return moment.isoformat(timespec="seconds") + "Z"
 
 
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
-)
+#: RFC 3339 ``date-time`` with a mandatory offset (``Z`` or ``±hh:mm``)
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
-def parse_ts(text: str) -> int:
-    """An RFC 3339 timestamp with offset to microseconds (sub-microsecond digits dropped)."""
-    if not isinstance(text, str) or not _RFC3339.match(text):
+def parse_datetime(text: str) -> datetime:
+    """An RFC 3339 timestamp with offset to an aware datetime (sub-microsecond digits dropped)."""
+    if not isinstance(text, str) or not RFC3339.fullmatch(text):
         raise TimeFormatError(
             f"invalid timestamp {text!r}: expected RFC 3339 with offset, e.g. 2026-03-01T10:15:00Z"
         )
@@ -84,6 +83,11 @@ def parse_ts(text: str) -> int:
     if frac and len(frac.group(1)) > 6:
         norm = norm.replace(frac.group(0), "." + frac.group(1)[:6])
     try:
-        return to_us(datetime.fromisoformat(norm))
+        return datetime.fromisoformat(norm)
     except ValueError as exc:
         raise TimeFormatError(f"invalid timestamp {text!r}: {exc}") from None
+
+
+def parse_ts(text: str) -> int:
+    """An RFC 3339 timestamp with offset to microseconds (sub-microsecond digits dropped)."""
+    return to_us(parse_datetime(text))
