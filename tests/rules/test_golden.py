@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from scorestream.cli import main
+from scorestream.engine.conditions import OPERATORS
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "rules"
@@ -197,21 +198,7 @@ def test_plans_use_every_construct_of_the_rule_language() -> None:
             unless = rule.get("unless")
             if unless:
                 used.add("unless:match" if unless.get("match") else "unless:any")
-    ops = [
-        "eq",
-        "ne",
-        "in",
-        "not_in",
-        "glob",
-        "regex",
-        "gt",
-        "gte",
-        "lt",
-        "lte",
-        "exists",
-        "contains",
-        "scalar",
-    ]
+    ops = [*OPERATORS, "scalar"]
     wanted = {f"op:{op}" for op in ops} | {
         "decay:half_life",
         "decay:expire_after",

@@ -13,10 +13,17 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from scorestream.engine.conditions import (
     MISSING,
@@ -45,6 +52,16 @@ class RulesError(ValueError):
 # ---------------------------------------------------------------- structure (pydantic)
 
 
+def _number(value: Any) -> Any:
+    """YAML numbers for float fields: ints widen, booleans are refused (true is not 1)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    return float(value) if isinstance(value, int) else value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
@@ -60,30 +77,16 @@ class ThresholdSpec(_Strict):
     """``{name: mql, enter: 50, exit: 40}``; exit defaults to enter."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    enter: float
-    exit: float | None = None
-
-    @field_validator("enter", "exit", mode="before")
-    @classmethod
-    def _number(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        return float(value) if isinstance(value, int) else value
+    enter: Number
+    exit: Number | None = None
 
 
 class PerPoints(_Strict):
     """``{per: value, factor: 0.1, max: 50}``: points from a numeric property."""
 
     per: str
-    factor: float = 1.0
-    max: float | None = None
-
-    @field_validator("factor", "max", mode="before")
-    @classmethod
-    def _number(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        return float(value) if isinstance(value, int) else value
+    factor: Number = 1.0
+    max: Number | None = None
 
 
 class LimitSpec(_Strict):
@@ -126,17 +129,10 @@ class ModelSpec(_Strict):
 
     description: str | None = None
     decay: DecaySpec | None = None
-    min_score: float | None = None
-    max_score: float | None = None
+    min_score: Number | None = None
+    max_score: Number | None = None
     thresholds: list[ThresholdSpec] = Field(default_factory=list)
     rules: list[RuleSpec] = Field(min_length=1)
-
-    @field_validator("min_score", "max_score", mode="before")
-    @classmethod
-    def _number(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        return float(value) if isinstance(value, int) else value
 
 
 class RuleFileSpec(_Strict):
