@@ -436,6 +436,26 @@ def parse_rules(raw: bytes | str, source: str = "<rules>") -> RuleSet:
     return _compile(spec, data, source, version)
 
 
+class _Problems:
+    """Collects problems, each placed in the file (rule id, YAML path)."""
+
+    def __init__(self, source: str, data: Any) -> None:
+        self.source = source
+        self.data = data
+        self.problems: list[str] = []
+
+    def fail(self, loc: tuple[int | str, ...], message: str) -> None:
+        self.problems.append(_problem(self.source, self.data, loc, message))
+
+    def duration(self, loc: tuple[int | str, ...], text: str) -> int:
+        """A duration in microseconds; a bad one is recorded as a problem (and gives 0)."""
+        try:
+            return parse_duration(text)
+        except TimeFormatError as exc:
+            self.fail(loc, str(exc))
+            return 0
+
+
 def _salvage(data: Any, source: str) -> list[str]:
     """Semantic problems of the parts that are structurally valid.
 
@@ -443,17 +463,8 @@ def _salvage(data: Any, source: str) -> list[str]:
     compiled, so one run reports every problem: a typo in one rule does not hide a bad
     duration in another.
     """
-    problems: list[str] = []
-
-    def fail(loc: tuple[int | str, ...], message: str) -> None:
-        problems.append(_problem(source, data, loc, message))
-
-    def duration(loc: tuple[int | str, ...], text: str) -> int:
-        try:
-            return parse_duration(text)
-        except TimeFormatError as exc:
-            fail(loc, str(exc))
-            return 0
+    report = _Problems(source, data)
+    problems, fail, duration = report.problems, report.fail, report.duration
 
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict):
@@ -487,17 +498,8 @@ def _dedupe(items: list[str]) -> list[str]:
 
 
 def _compile(spec: RuleFileSpec, data: Any, source: str, version: str) -> RuleSet:
-    problems: list[str] = []
-
-    def fail(loc: tuple[int | str, ...], message: str) -> None:
-        problems.append(_problem(source, data, loc, message))
-
-    def duration(loc: tuple[int | str, ...], text: str) -> int:
-        try:
-            return parse_duration(text)
-        except TimeFormatError as exc:
-            fail(loc, str(exc))
-            return 0
+    report = _Problems(source, data)
+    problems, fail, duration = report.problems, report.fail, report.duration
 
     models: list[Model] = []
     for model_name, mspec in spec.models.items():
