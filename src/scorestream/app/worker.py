@@ -569,7 +569,6 @@ class Runtime:
             value_serializer="raw",
             acks=False,
         )
-        self.channel = channel
 
         @app.agent(channel, concurrency=1, name="score")
         async def score(stream: Any) -> None:

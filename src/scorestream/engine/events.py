@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -29,8 +29,8 @@ from pydantic_core import PydanticCustomError
 
 from scorestream.engine.timeutil import TimeFormatError, parse_datetime, to_us
 
-EMAIL_TYPES = ("email_sent", "email_open", "email_click", "email_unsubscribe", "email_bounce")
-CART_TYPES = (
+EmailType = Literal["email_sent", "email_open", "email_click", "email_unsubscribe", "email_bounce"]
+CartType = Literal[
     "cart_add",
     "cart_remove",
     "product_review_view",
@@ -38,7 +38,9 @@ CART_TYPES = (
     "checkout_start",
     "purchase",
     "cart_abandon",
-)
+]
+EMAIL_TYPES: tuple[str, ...] = get_args(EmailType)
+CART_TYPES: tuple[str, ...] = get_args(CartType)
 #: Event types with a fixed meaning; any other well-formed type is a custom event.
 KNOWN_TYPES: dict[str, str] = {
     "page_view": "page_view",
@@ -196,7 +198,7 @@ class PageView(_EventBase):
 class EmailEvent(_EventBase):
     """An e-mail delivery, open, click, unsubscribe or bounce."""
 
-    type: Literal["email_sent", "email_open", "email_click", "email_unsubscribe", "email_bounce"]
+    type: EmailType
     PROPS = {"campaign_id": (str, False), "message_id": (str, False), "link_url": (str, False)}
 
 
@@ -210,15 +212,7 @@ class FormSubmit(_EventBase):
 class CartEvent(_EventBase):
     """A shop event: cart, product views, checkout, purchase, abandonment."""
 
-    type: Literal[
-        "cart_add",
-        "cart_remove",
-        "product_review_view",
-        "product_compare",
-        "checkout_start",
-        "purchase",
-        "cart_abandon",
-    ]
+    type: CartType
     PROPS = {
         "product_id": (str, False),
         "category": (str, False),

@@ -238,9 +238,8 @@ class Engine:
             if model.decay == "expire_after" and ms.buckets:
                 cand = ms.buckets[0][0] + model.decay_us
             elif model.decay == "half_life" and model.thresholds and ms.pts:
-                if ms.guess is UNKNOWN:
-                    ms.guess = self._decay_instant(model, ms)
-                cand = None if ms.guess is None else max(ms.guess, clock + 1)
+                instant = self._cached_instant(model, ms)
+                cand = None if instant is None else max(instant, clock + 1)
             if cand is not None and (best is None or cand < best):
                 best = cand
         return best
@@ -648,9 +647,7 @@ class Engine:
                 bound = limit if best is None else best - 1
                 if bound <= clock:
                     continue
-                guess = ms.guess
-                if guess is UNKNOWN:
-                    guess = ms.guess = self._decay_instant(model, ms)
+                guess = self._cached_instant(model, ms)
                 if guess is None or guess > bound + GUESS_SLACK:
                     continue  # the analytic instant is well after the bound
                 if self._would_cross(state, model, ms, bound):
@@ -716,6 +713,13 @@ class Engine:
             else:
                 lo = mid
         return hi
+
+    def _cached_instant(self, model: Model, ms: ModelState) -> int | None:
+        """:meth:`_decay_instant`, computed once per change of the model's state."""
+        if ms.guess is UNKNOWN:
+            ms.guess = self._decay_instant(model, ms)
+        instant: int | None = ms.guess
+        return instant
 
     def _decay_instant(self, model: Model, ms: ModelState) -> int | None:
         """Analytic instant of the next threshold flip under half-life decay, if any.
