@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scorestream.errors import ScorestreamError
 from scorestream.settings import Settings
 
 KAFKA_VERSION = "3.9.2"
@@ -63,7 +64,7 @@ def _silent(_: str) -> None:
     pass
 
 
-class BrokerError(Exception):
+class BrokerError(ScorestreamError):
     """The local broker cannot be fetched, started or stopped; the message says why."""
 
 

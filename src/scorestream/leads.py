@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from scorestream.errors import UsageError
+from scorestream.errors import ScorestreamError, UsageError
 from scorestream.settings import Settings
 
 LEADS_TOPIC = "leads.sales_ready"
@@ -27,7 +27,7 @@ TOP_CONTRIBUTORS = 3
 _kafka_log = logging.getLogger("scorestream.leads.librdkafka")
 
 
-class LeadsError(Exception):
+class LeadsError(ScorestreamError):
     """The leads topic cannot be read; the message says why."""
 
 

@@ -15,10 +15,12 @@ from typing import Any
 
 import yaml
 
+from scorestream.engine.errors import ScorestreamError
+
 ENV_PREFIX = "SCORESTREAM_"
 
 
-class ConfigError(ValueError):
+class ConfigError(ScorestreamError, ValueError):
     """A setting has a value that cannot be used; the message names the setting."""
 
 

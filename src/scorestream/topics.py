@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from scorestream.errors import UsageError
+from scorestream.errors import KafkaFailure, UsageError
 from scorestream.settings import Settings
 
 if TYPE_CHECKING:
@@ -96,11 +96,11 @@ class TopicDeclarationError(UsageError):
     """A topic declaration is invalid; the message names the file and the field."""
 
 
-class KafkaUnavailableError(Exception):
+class KafkaUnavailableError(KafkaFailure):
     """The cluster did not answer within the timeout."""
 
 
-class TopicApplyError(Exception):
+class TopicApplyError(KafkaFailure):
     """Kafka refused a change; ``lines`` are the results of the topics done before."""
 
     def __init__(self, message: str, lines: list[str]) -> None:

@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from scorestream.engine.errors import ScorestreamError
+
 MISSING: Final = object()
 Predicate = Callable[[Any], bool]
 
@@ -30,7 +32,7 @@ OPERATORS = (
 )
 
 
-class ConditionError(ValueError):
+class ConditionError(ScorestreamError, ValueError):
     """A condition cannot be compiled; ``path`` is relative to the condition."""
 
     def __init__(self, path: str, message: str) -> None:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from scorestream.engine.errors import ScorestreamError
 from scorestream.engine.timeutil import TimeFormatError, parse_datetime, to_us
 
 EmailType = Literal["email_sent", "email_open", "email_click", "email_unsubscribe", "email_bounce"]
@@ -61,7 +62,7 @@ Id = Annotated[str, Strict(), Field(min_length=1, max_length=256)]
 Timestamp = Annotated[AwareDatetime, Field()]
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(ScorestreamError, ValueError):
     """An input that is not a valid event; ``reason`` is the human-readable cause."""
 
     def __init__(self, reason: str) -> None:

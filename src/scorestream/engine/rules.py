@@ -34,6 +34,7 @@ from scorestream.engine.conditions import (
     lookup,
     split_path,
 )
+from scorestream.engine.errors import ScorestreamError
 from scorestream.engine.timeutil import TimeFormatError, format_duration, parse_duration
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -41,7 +42,7 @@ _NAME = re.compile(NAME_PATTERN)
 _TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 
 
-class RulesError(ValueError):
+class RulesError(ScorestreamError, ValueError):
     """A rule file is invalid; ``problems`` holds one line per problem."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from scorestream.engine.errors import ScorestreamError
+
 US_PER_SECOND = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
@@ -23,7 +25,7 @@ _UNIT_US = {
 }
 
 
-class TimeFormatError(ValueError):
+class TimeFormatError(ScorestreamError, ValueError):
     """A duration or timestamp string is not in the accepted form."""
 
 
