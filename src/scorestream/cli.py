@@ -32,6 +32,17 @@ def _lazy(target: str) -> Handler:
     return run
 
 
+def _partitions_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="partitions of the input topics the events would be read from "
+        "(default: as declared in SCORESTREAM_TOPICS_DIR, else 6); it decides the order "
+        "of events that are out of time order in the file, as it does in the worker",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by the README and tests)."""
     parser = argparse.ArgumentParser(
@@ -61,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--at", metavar="T", help="evaluate at this RFC 3339 time (default: latest event)"
     )
+    _partitions_option(p)
     p.add_argument("--crossings", metavar="FILE", help="write every threshold crossing here")
     p.add_argument("--rejects", metavar="FILE", help="write invalid input lines here")
     p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
@@ -75,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--at", metavar="T", help="evaluate at this RFC 3339 time (default: latest event)"
     )
+    _partitions_option(p)
     p.add_argument("--contact", required=True, metavar="ID", help="contact (or anonymous) id")
     p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
     p.set_defaults(handler=_lazy("scorestream.offline:explain_command"))

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from scorestream import clients
 from scorestream.errors import ScorestreamError, UsageError
 from scorestream.settings import Settings
 
@@ -79,15 +80,9 @@ def follow_leads(
     )
 
     topic = settings.topic(LEADS_TOPIC)
-    conf: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap,
-        "group.id": f"scorestream-leads-{uuid.uuid4().hex[:8]}",  # never joined nor committed
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "logger": _kafka_log,
-        **settings.kafka_security(),
-    }
-    consumer = Consumer(conf)
+    # A fresh group id: this reader is never joined nor committed.
+    group = f"scorestream-leads-{uuid.uuid4().hex[:8]}"
+    consumer = Consumer(clients.reader(settings, group, _kafka_log))
     try:
         try:
             metadata = consumer.list_topics(topic, timeout=METADATA_TIMEOUT)

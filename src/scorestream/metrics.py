@@ -50,6 +50,12 @@ class Metrics(NamedTuple):
     consumer_lag: Gauge
     ready: Gauge
     loop_lag: Histogram
+    merge_buffered: Gauge
+    merge_wait: Counter
+    late_events: Counter
+    merge_stalls: Counter
+    identify_awaited: Gauge
+    identify_timeouts: Counter
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -60,7 +66,7 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         events=Counter(
             "scorestream_events_total",
             "Input messages by topic and outcome "
-            "(applied, duplicate, invalid, forwarded, replayed, internal)",
+            "(applied, duplicate, invalid, forwarded, replayed, internal, clock, error)",
             ["topic", "outcome"],
             registry=reg,
         ),
@@ -139,8 +145,7 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         watermark=Gauge(
             "scorestream_watermark_seconds",
-            "Event-time watermark of a partition (Unix seconds)",
-            ["partition"],
+            "Event time up to which idle contacts have been advanced (Unix seconds)",
             registry=reg,
         ),
         consumer_lag=Gauge(
@@ -158,6 +163,38 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         ready=Gauge(
             "scorestream_ready",
             "1 when the worker has recovered its partitions and is processing",
+            registry=reg,
+        ),
+        merge_buffered=Gauge(
+            "scorestream_merge_buffered_messages",
+            "Messages read and waiting in the event-time merge",
+            registry=reg,
+        ),
+        merge_wait=Counter(
+            "scorestream_merge_wait_seconds",
+            "Time the merge held buffered messages back, waiting for an input with unread "
+            "records or for an identity hand-over from another worker",
+            registry=reg,
+        ),
+        late_events=Counter(
+            "scorestream_late_events",
+            "Events applied after newer events of their partition (they reached Kafka late)",
+            registry=reg,
+        ),
+        merge_stalls=Counter(
+            "scorestream_merge_stalls",
+            "Inputs given up waiting for because their end offset never arrived "
+            "(transaction markers)",
+            registry=reg,
+        ),
+        identify_awaited=Gauge(
+            "scorestream_identify_awaited",
+            "Anonymous states awaited from partitions on other workers",
+            registry=reg,
+        ),
+        identify_timeouts=Counter(
+            "scorestream_identify_timeouts",
+            "Anonymous states not received within IDENTIFY_WAIT (merged late when they come)",
             registry=reg,
         ),
     )

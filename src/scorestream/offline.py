@@ -1,6 +1,11 @@
-"""Offline commands: ``score``, ``explain`` and ``rules check`` (spec/cli.md).
+"""Offline commands: ``score``, ``explain`` and ``rules check`` (docs/cli.md).
 
-They run the very same engine as the worker, on a JSONL file, with no Kafka.
+They run the worker's own :class:`~scorestream.pipeline.processor.Processor` over a JSONL
+file, with an in-memory store per partition and no Kafka. The file is read as if it had
+been published to the input topics (each event to the topic of its type, keyed by its
+contact or anonymous id, partitioned as Kafka's Java client does) and the worker had
+then consumed that backlog: per topic-partition in file order, across them in
+event-time order. So ``score`` gives what a worker gives on the same events.
 """
 
 from __future__ import annotations
@@ -12,15 +17,22 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from scorestream.engine.events import InvalidEvent, decode_event
-from scorestream.engine.population import Population
 from scorestream.engine.rules import RulesError, RuleSet, load_rules
 from scorestream.engine.scorer import Crossing, Engine
 from scorestream.engine.timeutil import TimeFormatError, parse_ts
 from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from scorestream.pipeline.processor import Processor
+from scorestream.pipeline.processor import Settings as ProcessorSettings
+from scorestream.pipeline.routing import INPUT_TOPICS, partition_for, topic_for
+from scorestream.pipeline.store import MemoryStore
 from scorestream.settings import Settings
+
+#: partitions of the input topics when no declaration says otherwise
+DEFAULT_PARTITIONS = 6
 
 
 @dataclass(slots=True)
@@ -32,23 +44,47 @@ class Reject:
     text: str
 
 
+class _Collect:
+    """The offline emitter: crossings into a list; nothing else may leave."""
+
+    def __init__(self) -> None:
+        self.crossings: list[Crossing] = []
+        self.errors: list[dict[str, Any]] = []
+
+    def crossing(self, crossing: Crossing) -> None:
+        self.crossings.append(crossing)
+
+    def dlq(self, record: dict[str, Any]) -> None:
+        # Valid events only reach the processor: this is an internal error, kept to report.
+        self.errors.append(record)
+
+    def repartition(self, partition: int, key: str, value: bytes) -> None:
+        raise AssertionError(f"offline processor owns every partition (asked for {partition})")
+
+
 @dataclass(slots=True)
 class OfflineRun:
     """Everything one offline scoring run produced."""
 
-    population: Population
+    processor: Processor
     at: int | None
     crossings: list[Crossing] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
     after_at: int = 0
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the run scored with."""
+        return self.processor.engine
 
     def report(self) -> Iterator[dict[str, Any]]:
         """One JSON-ready object per contact, sorted by contact id (the stdout lines)."""
         if self.at is None:
             return
-        engine = self.population.engine
-        for state in self.population:
+        engine = self.engine
+        for state in self.processor.states():
             yield {
                 "contact_id": state.key,
                 "scores": engine.scores(state, self.at),
@@ -64,35 +100,64 @@ def load_rules_or_usage(path: str) -> RuleSet:
         raise UsageError(str(exc)) from None
 
 
+def declared_partitions(settings: Settings) -> int:
+    """The partition count of the declared input topics (the default without declarations)."""
+    folder = Path(settings.topics_dir)
+    if not (folder / f"{INPUT_TOPICS[0]}.yaml").is_file():
+        return DEFAULT_PARTITIONS
+    from scorestream.topics import load_declarations  # noqa: PLC0415 (only when needed)
+
+    for decl in load_declarations(folder):
+        if decl.name == INPUT_TOPICS[0]:
+            return decl.partitions
+    return DEFAULT_PARTITIONS
+
+
 def score_lines(
     engine: Engine,
     lines: Iterator[bytes],
     at: int | None = None,
     max_bytes: int = 1_000_000,
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> OfflineRun:
-    """Score JSONL lines in order; evaluate every contact at ``at`` (default: latest event)."""
-    population = Population(engine)
-    run = OfflineRun(population, at)
+    """Score JSONL lines as the worker would score them from Kafka; evaluate at ``at``."""
+    collect = _Collect()
+    processor = Processor(
+        engine,
+        partitions,
+        collect,
+        highwater=_caught_up,
+        settings=ProcessorSettings(max_bytes=max_bytes),
+    )
+    for number in range(partitions):
+        processor.assign(number, MemoryStore(), {})
+    run = OfflineRun(processor, at)
     # Contact states hold no reference cycles, so reference counting frees everything;
     # the cyclic collector would only rescan the growing population (measured: ~20% of
-    # the run). It is back on, with one collection, when scoring is done.
+    # the run). It is back on when scoring is done.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        _score_into(run, population, lines, at, max_bytes)
+        _score_into(run, lines, at, max_bytes, partitions)
     finally:
         if was_enabled:
             gc.enable()
+    run.crossings = collect.crossings
+    run.errors = collect.errors
+    run.crossings.sort(key=lambda c: c.at)  # stable: same-time crossings keep their order
     return run
 
 
+def _caught_up(topic: str, partition: int) -> int:
+    """Offline every topic-partition is wholly read before anything is released."""
+    return 0
+
+
 def _score_into(
-    run: OfflineRun,
-    population: Population,
-    lines: Iterator[bytes],
-    at: int | None,
-    max_bytes: int,
+    run: OfflineRun, lines: Iterator[bytes], at: int | None, max_bytes: int, partitions: int
 ) -> None:
+    processor = run.processor
+    offsets: dict[tuple[str, int], int] = {}
     latest: int | None = None
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip(b"\r\n")
@@ -103,19 +168,27 @@ def _score_into(
         except InvalidEvent as exc:
             run.rejects.append(Reject(number, exc.reason, _text(line)))
             continue
-        if at is not None and event.ts > at:
+        ts = event.ts
+        if at is not None and ts > at:
             run.after_at += 1  # valid, but after the evaluation time: not part of "as of at"
             continue
-        result = population.process(event)
-        if result.status == "duplicate":
-            run.duplicates += 1
-        run.crossings.extend(result.crossings)
-        latest = event.ts if latest is None or event.ts > latest else latest
+        topic = topic_for(event.type)
+        partition = partition_for(event.key, partitions)
+        offset = offsets.get((topic, partition), 0)
+        offsets[(topic, partition)] = offset + 1
+        processor.receive_event(topic, partition, offset, event, line, 0.0)
+        if latest is None or ts > latest:
+            latest = ts
+    # Everything is in: the merge releases it in the order a worker would.
+    processor.refresh(0.0)
+    processor.run(0.0)
+    run.duplicates = sum(
+        n for (_, outcome), n in processor.counts.items() if outcome == "duplicate"
+    )
     if run.at is None:
         run.at = latest
     if run.at is not None:
-        run.crossings.extend(population.advance_all(run.at))
-    run.crossings.sort(key=lambda c: c.at)  # stable: same-time crossings keep their order
+        processor.advance_all(run.at)
 
 
 def _text(line: bytes) -> str:
@@ -153,9 +226,10 @@ def score_command(args: argparse.Namespace) -> int:
     settings = Settings.load(config_file=args.config)
     rules = load_rules_or_usage(args.rules)
     at = _parse_at(args.at)
+    partitions = _partitions(args, settings)
     with ExitStack() as stack:
         lines = _open_events(args.events, stack)
-        run = score_lines(Engine(rules), lines, at, settings.max_message_bytes)
+        run = score_lines(Engine(rules), lines, at, settings.max_message_bytes, partitions)
     if args.crossings:
         try:
             with open(args.crossings, "w", encoding="utf-8") as fh:
@@ -189,20 +263,32 @@ def explain_command(args: argparse.Namespace) -> int:
     settings = Settings.load(config_file=args.config)
     rules = load_rules_or_usage(args.rules)
     at = _parse_at(args.at)
+    partitions = _partitions(args, settings)
     with ExitStack() as stack:
         run = score_lines(
-            Engine(rules), _open_events(args.events, stack), at, settings.max_message_bytes
+            Engine(rules),
+            _open_events(args.events, stack),
+            at,
+            settings.max_message_bytes,
+            partitions,
         )
-    population = run.population
-    key = population.resolve(args.contact)
-    state = population.states.get(key)
+    state = run.processor.resolve(args.contact)
     if state is None or run.at is None:
         print(f"scorestream: no events for contact {args.contact!r}", file=sys.stderr)
         return EXIT_FAILURE
-    doc = population.engine.explain(state, run.at)
-    doc["crossings"] = [c.to_dict() for c in run.crossings if c.contact_id == key]
+    doc = run.engine.explain(state, run.at)
+    doc["crossings"] = [c.to_dict() for c in run.crossings if c.contact_id == state.key]
     print(json.dumps(doc, indent=2, ensure_ascii=False))
     return EXIT_OK
+
+
+def _partitions(args: argparse.Namespace, settings: Settings) -> int:
+    given: int | None = getattr(args, "partitions", None)
+    if given is None:
+        return declared_partitions(settings)
+    if given < 1:
+        raise UsageError("--partitions: must be >= 1")
+    return given
 
 
 def rules_check_command(args: argparse.Namespace) -> int:

@@ -78,13 +78,53 @@ class Settings:
     )
     lateness: float = field(
         default=5.0,
-        metadata={"doc": "seconds of event-time lateness tolerated before timers fire"},
+        metadata={
+            "doc": "seconds of event time that timers and decay stay behind the newest event "
+            "(a late event within it still cancels a timer)"
+        },
     )
     idle_timeout: float = field(
+        default=2.0,
+        metadata={
+            "doc": "seconds with nothing to apply after which the stream counts as quiet: "
+            "timers and decay then reach the newest event time (and follow the wall clock "
+            "if that is within LIVE_HORIZON)"
+        },
+    )
+    live_horizon: float = field(
+        default=3600.0,
+        metadata={
+            "doc": "a quiet stream whose newest event is at most this many seconds old is "
+            "live and its clock follows the wall clock; an older backlog stays at its own time"
+        },
+    )
+    merge_idle: float = field(
+        default=0.0,
+        metadata={
+            "doc": "seconds to wait for an emptied, caught-up input topic before applying "
+            "other topics' later events without it (Kafka Streams' max.task.idle.ms)"
+        },
+    )
+    merge_buffer: int = field(
+        default=20_000,
+        metadata={"doc": "messages buffered per topic-partition before fetching it pauses"},
+    )
+    identify_wait: float = field(
+        default=30.0,
+        metadata={
+            "doc": "seconds to wait for an anonymous visitor's state from a partition on "
+            "another worker before going on without it (it is merged late when it comes)"
+        },
+    )
+    session_timeout: float = field(
         default=10.0,
         metadata={
-            "doc": "seconds without events after which a partition's clock follows wall time"
+            "doc": "consumer group session timeout: a worker that dies without a word gives "
+            "up its partitions after this many seconds"
         },
+    )
+    heartbeat_interval: float = field(
+        default=3.0, metadata={"doc": "seconds between consumer group heartbeats"}
     )
     cache_contacts: int = field(
         default=200_000, metadata={"doc": "contact states kept in memory per worker"}

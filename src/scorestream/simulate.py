@@ -21,19 +21,11 @@ from typing import IO, Any
 
 from confluent_kafka import Producer
 
-from scorestream.engine.events import KNOWN_TYPES
+from scorestream import clients
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
 from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from scorestream.pipeline.routing import topic_for
 from scorestream.settings import Settings
-
-TOPIC_OF_KIND = {
-    "page_view": "events.page_view",
-    "email": "events.email",
-    "form_submit": "events.form",
-    "cart": "events.cart",
-    "profile_update": "contacts.profile",
-    "identify": "contacts.profile",
-}
 
 TITLES = [
     "CEO",
@@ -50,11 +42,6 @@ COUNTRIES = ["DE", "PL", "FR", "GB", "US", "BR", "IN", "NL"]
 BLOG = ["/blog/lead-scoring-101", "/blog/kafka-for-marketers", "/blog/mql-vs-sql", "/blog/decay"]
 PRICING = ["/pricing", "/pricing/team", "/pricing/enterprise"]
 OTHER = ["/", "/about", "/careers", "/docs/getting-started"]
-
-
-def topic_for(event_type: str) -> str:
-    """The input topic of an event type (spec/events.md)."""
-    return TOPIC_OF_KIND.get(KNOWN_TYPES.get(event_type, ""), "events.custom")
 
 
 @dataclass
@@ -217,14 +204,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         out = sys.stdout
     producer = None
     if not args.dry_run:
-        producer = Producer(
-            {
-                "bootstrap.servers": settings.bootstrap,
-                **settings.kafka_security(),
-                "partitioner": "murmur2_random",
-                "linger.ms": 5,
-            }
-        )
+        producer = Producer(clients.event_producer(settings))
     rng = random.Random(args.seed + 1)
     sent = bad = 0
     began = time.monotonic()

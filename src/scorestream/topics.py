@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from scorestream import clients
 from scorestream.errors import KafkaFailure, UsageError
 from scorestream.settings import Settings
 
@@ -257,12 +258,7 @@ def admin_client(settings: Settings) -> AdminClient:
     """A confluent-kafka AdminClient for the configured cluster."""
     from confluent_kafka.admin import AdminClient  # noqa: PLC0415 (slow import)
 
-    conf: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap,
-        "logger": _kafka_log,
-        **settings.kafka_security(),
-    }
-    return AdminClient(conf)
+    return AdminClient(clients.admin(settings, _kafka_log))
 
 
 def _same_value(key: str, declared: str, actual: str | None) -> bool:

@@ -18,14 +18,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from scorestream.app.routing import partition_for
-from scorestream.app.worker import INPUT_TOPICS, REPARTITION
 from scorestream.engine.events import event_from_dict
 from scorestream.engine.rules import load_rules
 from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import format_ts
 from scorestream.offline import OfflineRun, score_lines
-from scorestream.simulate import topic_for
+from scorestream.pipeline.routing import INPUT_TOPICS, REPARTITION, partition_for, topic_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 6
@@ -136,8 +134,14 @@ class WorkerProc:
 
 
 def producer(bootstrap: str) -> Producer:
+    # Idempotent: a retried batch must not land after later ones (order is the point).
     return Producer(
-        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 2}
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "linger.ms": 2,
+            "enable.idempotence": True,
+        }
     )
 
 

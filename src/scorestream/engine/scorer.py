@@ -178,8 +178,9 @@ class Engine:
 
         As if ``other``'s events had been the contact's from the start: points keep their
         times, attributes merge (the contact's own values win), limits, timers, dedupe
-        memory and ledger are combined. Thresholds are then checked once, and crossings are
-        stamped with the identify time (or the contact's clock if that is later).
+        memory, ledger and the caller's marks are combined. Thresholds are then checked
+        once, and crossings are stamped with the identify time (or the contact's clock if
+        that is later).
         ``merge_id`` makes the merge idempotent: a repeated merge changes nothing.
         """
         h = id_hash("merge:" + merge_id)
@@ -209,6 +210,10 @@ class Engine:
         into.timers = sorted(into.timers + other.timers, key=lambda x: (x[0], x[4], x[2]))
         del into.timers[self.bounds.timers :]
         self._merge_limits(into, other)
+        marks = into.marks
+        for stream, position in other.marks.items():
+            if position > marks.get(stream, -1):
+                marks[stream] = position
         merged_attrs = dict(other.attrs)
         merged_attrs.update(into.attrs)
         into.attrs = merged_attrs

@@ -102,9 +102,11 @@ class ContactState:
         "anonymous",
         "attrs",
         "clock",
+        "handed",
         "key",
         "ledger",
         "limits",
+        "marks",
         "models",
         "rules_version",
         "seen",
@@ -132,6 +134,13 @@ class ContactState:
         self.limits: dict[str, Any] = {}
         #: version of the rules the attribute points were computed with
         self.rules_version: str = ""
+        #: the caller's bookkeeping of what this state includes: per input stream, the
+        #: last position applied (the pipeline's exactly-once marks). The engine never
+        #: reads them; a merge keeps the larger position of each stream.
+        self.marks: dict[str, int] = {}
+        #: id of the identify whose hand-over took this anonymous state (then ``alias``
+        #: names the contact and the state stays as it was handed over)
+        self.handed: str | None = None
 
     # -- dedupe
 
@@ -168,6 +177,8 @@ class ContactState:
             self.timers,
             self.limits,
             self.rules_version,
+            self.marks,
+            self.handed,
         ]
         try:
             magic, body = MAGIC, bytes(msgpack.packb(doc))
@@ -200,6 +211,9 @@ class ContactState:
         state.timers = [(*x[:3], tuple(x[3]), *x[4:]) for x in doc[7]]
         state.limits = doc[8]
         state.rules_version = doc[9]
+        if len(doc) > 10:  # states written before marks existed have none
+            state.marks = doc[10]
+            state.handed = doc[11]
         seen = array("Q")
         seen.frombytes(data[6 + size :])
         if _LITTLE:

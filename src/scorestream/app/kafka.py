@@ -1,0 +1,286 @@
+"""The worker's Kafka edges around the pipeline: outputs, commits, reads.
+
+* :class:`Outputs` — the one producer (confluent-kafka, idempotent): crossings, DLQ and
+  repartition records as the processor emits them, changelog and score records at
+  checkpoints. It is the processor's :class:`~scorestream.pipeline.processor.Emitter`
+  and the checkpoint's :class:`~scorestream.pipeline.checkpoint.Producer`.
+* :class:`FaustCommitter` — commits exactly the offsets a checkpoint gives, through
+  Faust's consumer (the group member).
+* :class:`Offsets` — committed offsets, watermarks and changelog reads with a consumer
+  that never joins the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from scorestream import clients
+from scorestream import metrics as metrics_mod
+from scorestream.engine.scorer import Crossing
+from scorestream.errors import KafkaFailure, UsageError
+from scorestream.pipeline.checkpoint import GENERATION_HEADER, ChangelogRecord, CheckpointError
+from scorestream.pipeline.routing import (
+    CHANGELOG,
+    DLQ,
+    INPUT_TOPICS,
+    LEADS,
+    REPARTITION,
+    SCORES,
+)
+from scorestream.settings import Settings
+
+#: seconds a checkpoint waits for Kafka to acknowledge its records
+FLUSH_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """The real topic names and the partition count the co-partitioned ones share."""
+
+    prefix: str
+    partitions: int
+
+    def real(self, name: str) -> str:
+        """The real name of a declared topic."""
+        return self.prefix + name
+
+    def declared(self, real: str) -> str:
+        """The declared name of a real topic (the prefix taken off)."""
+        return real[len(self.prefix) :]
+
+    @property
+    def consumed(self) -> tuple[str, ...]:
+        """Every topic the worker reads (real names)."""
+        return tuple(self.real(t) for t in (*INPUT_TOPICS, REPARTITION))
+
+    @classmethod
+    def discover(cls, settings: Settings, timeout: float = 15.0) -> Topology:
+        """Check that every topic exists and the co-partitioned ones agree; name what is wrong."""
+        names = [settings.topic(n) for n in (*INPUT_TOPICS, REPARTITION, CHANGELOG)]
+        outputs = [settings.topic(n) for n in (LEADS, SCORES, DLQ)]
+        admin = AdminClient(clients.admin(settings))
+        try:
+            meta = admin.list_topics(timeout=timeout)
+        except Exception as exc:  # KafkaException: the broker is unreachable
+            raise KafkaFailure(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from None
+        missing = [t for t in (*names, *outputs) if t not in meta.topics]
+        if missing:
+            raise UsageError(
+                "missing topics: "
+                + ", ".join(sorted(missing))
+                + " (run `scorestream topics apply`)"
+            )
+        counts = {t: len(meta.topics[t].partitions) for t in names}
+        if len(set(counts.values())) != 1:
+            detail = ", ".join(f"{t}={n}" for t, n in sorted(counts.items()))
+            raise UsageError(
+                "input, repartition and changelog topics must have the same partition count: "
+                + detail
+            )
+        return cls(prefix=settings.topic_prefix, partitions=counts[names[0]])
+
+
+class Outputs:
+    """The worker's producer, as the processor's emitter and the checkpoint's producer."""
+
+    def __init__(
+        self, settings: Settings, topology: Topology, metrics: metrics_mod.Metrics
+    ) -> None:
+        self.topology = topology
+        self.metrics = metrics
+        self.producer = Producer(clients.output_producer(settings))
+        self._leads = topology.real(LEADS)
+        self._dlq = topology.real(DLQ)
+        self._repartition = topology.real(REPARTITION)
+        self._changelog = topology.real(CHANGELOG)
+        self._errors: list[str] = []
+        self._changelog_next: dict[int, int] = {}
+        self._since_poll = 0
+
+    # -- emitter
+
+    def crossing(self, crossing: Crossing) -> None:
+        """A threshold crossing to ``leads.sales_ready``, keyed by contact."""
+        self.produce(
+            self._leads, crossing.contact_id.encode(), json.dumps(crossing.to_dict()).encode()
+        )
+        self.metrics.crossings.labels(crossing.model, crossing.threshold, crossing.direction).inc()
+
+    def dlq(self, record: dict[str, Any]) -> None:
+        """An invalid input to ``events.dlq``."""
+        self.produce(self._dlq, None, json.dumps(record).encode())
+        self.metrics.dlq.labels(record["topic"]).inc()
+
+    def repartition(self, partition: int, key: str, value: bytes) -> None:
+        """Work for a partition another worker owns."""
+        self.produce(self._repartition, key.encode(), value, partition)
+
+    # -- producer
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int = -1,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Produce without waiting; on a full local queue, serve callbacks and retry."""
+        kwargs: dict[str, Any] = {"on_delivery": self._delivered}
+        if partition >= 0:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        producer = self.producer
+        while True:
+            try:
+                producer.produce(topic, value, key, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        self._since_poll += 1
+        if self._since_poll >= 256:
+            self._since_poll = 0
+            producer.poll(0)
+
+    def _delivered(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            return
+        if msg.topic() == self._changelog:
+            p = msg.partition()
+            nxt = msg.offset() + 1
+            if nxt > self._changelog_next.get(p, 0):
+                self._changelog_next[p] = nxt
+
+    async def flush(self) -> None:
+        """Wait until Kafka has every record produced so far."""
+        loop = asyncio.get_running_loop()
+        remaining = await loop.run_in_executor(None, self.producer.flush, FLUSH_TIMEOUT)
+        if remaining or self._errors:
+            errors = "; ".join(self._errors[:5])
+            self._errors.clear()
+            raise CheckpointError(f"Kafka did not acknowledge {remaining} records: {errors}")
+
+    def poll(self) -> None:
+        """Serve delivery callbacks."""
+        self.producer.poll(0)
+
+    def changelog_end(self, partition: int) -> int:
+        """Next changelog offset after our acknowledged records of a partition."""
+        return self._changelog_next.get(partition, 0)
+
+    def saw_changelog_end(self, partition: int, offset: int) -> None:
+        """Recovery read the changelog up to ``offset``."""
+        if offset > self._changelog_next.get(partition, 0):
+            self._changelog_next[partition] = offset
+
+
+class FaustCommitter:
+    """Commits through Faust's consumer exactly the offsets given (real topic names)."""
+
+    def __init__(self, app: Any, topology: Topology) -> None:
+        self.app = app
+        self.topology = topology
+
+    async def commit(self, offsets: Mapping[int, Mapping[str, int]]) -> bool:
+        """Commit; False if the group took the partitions meanwhile."""
+        from faust.types import TP  # noqa: PLC0415
+
+        real = self.topology.real
+        tps = {TP(real(t), p): off for p, per in offsets.items() for t, off in per.items()}
+        if not tps:
+            return True
+        # Faust's own commit() commits acknowledged offsets, and we acknowledge nothing
+        # (acks=False): _commit() commits exactly the offsets given.
+        consumer: Any = self.app.consumer
+        return bool(await consumer._commit(tps))
+
+    def generation(self) -> int:
+        """The consumer group generation of the current assignment."""
+        return int(self.app.consumer_generation_id or 0)
+
+
+class Offsets:
+    """Committed offsets, watermarks and changelog reads (a consumer outside the group)."""
+
+    def __init__(self, settings: Settings, topology: Topology) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.consumer = Consumer(clients.reader(settings, settings.app_id))
+
+    def committed(self, partitions: list[int]) -> dict[int, dict[str, int]]:
+        """Per partition, the committed offset of each consumed topic (declared names);
+        the log start where nothing is committed."""
+        topo = self.topology
+        tps = [TopicPartition(t, p) for p in partitions for t in topo.consumed]
+        out: dict[int, dict[str, int]] = {p: {} for p in partitions}
+        if not tps:
+            return out
+        for tp in self.consumer.committed(tps, timeout=30):
+            offset = tp.offset
+            if offset == OFFSET_INVALID or offset < 0:
+                low, _ = self.consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=30
+                )
+                offset = low
+            out[tp.partition][topo.declared(tp.topic)] = offset
+        return out
+
+    def end(self, topic: str, partition: int) -> int:
+        """The high watermark of a topic-partition (real name), fresh from the broker."""
+        _, high = self.consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=10, cached=False
+        )
+        return int(high)
+
+    def changelog(self, partition: int, start: int) -> tuple[Iterator[ChangelogRecord], int]:
+        """The changelog records of a partition from ``start`` (or the log start) to its end."""
+        topic = self.topology.real(CHANGELOG)
+        reader = Consumer(clients.reader(self.settings, f"{self.settings.app_id}-recovery"))
+        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        first = max(start, low)
+        if first >= high:
+            reader.close()
+            return iter(()), high
+
+        def records() -> Iterator[ChangelogRecord]:
+            try:
+                reader.assign([TopicPartition(topic, partition, first)])
+                position = first
+                empty = 0
+                while position < high:
+                    batch = reader.consume(num_messages=5000, timeout=1.0)
+                    empty = 0 if batch else empty + 1
+                    if empty >= 60:
+                        raise KafkaFailure(
+                            f"reading {topic}[{partition}]: nothing after offset {position} "
+                            f"for 60 s, end is {high}"
+                        )
+                    for msg in batch:
+                        if msg.error():
+                            raise KafkaFailure(f"reading {topic}[{partition}]: {msg.error()}")
+                        offset = msg.offset() or 0
+                        position = offset + 1
+                        headers = dict(msg.headers() or [])
+                        yield ChangelogRecord(
+                            offset,
+                            msg.key() or b"",
+                            msg.value(),
+                            int(headers.get(GENERATION_HEADER) or b"0"),
+                        )
+            finally:
+                reader.close()
+
+        return records(), high
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self.consumer.close()

@@ -1,0 +1,316 @@
+"""Event-time merge of a worker's inputs: which record to apply next, and when to wait.
+
+Kafka Streams keeps, per task, a queue per input partition and always processes the
+record with the smallest timestamp among the queue heads (``PartitionGroup``); when a
+queue is empty it waits only while the partition may still hold data (KIP-353, KIP-695).
+This is the same idea, over every partition a worker owns at once:
+
+* one FIFO **queue** per consumed input topic-partition, and per partition one queue per
+  *sender* partition for records that come from other partitions (identity hand-overs,
+  forwarded events) — delivered in memory when the sender is local, through the
+  repartition topic when it is not;
+* the queue heads sit in one heap ordered by merge key
+  (:mod:`scorestream.pipeline.records`); :meth:`Merger.pop` releases the smallest head;
+* nothing is released while a **source** (a consumed topic-partition) is blocking: an
+  input queue that is empty while Kafka still holds unread records for it (its
+  high-water mark is beyond what was received), a repartition partition with unread
+  records, or, with ``idle`` > 0, an input that emptied less than ``idle`` seconds ago;
+* nothing beyond the key of an **expected** record (an identity hand-over awaited from a
+  partition on another worker) is released until it arrives or ``expect_wait`` passes.
+
+Records with the smallest key are released first across all partitions; a record that
+arrives after larger keys were released (it was not in Kafka yet) is applied when it
+arrives and counted as late by the processor.
+
+Pure: the caller passes the clock (``now``, seconds) and a function giving a
+topic-partition's high-water mark as the consumer last saw it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from scorestream.pipeline.records import Key, Record
+
+#: (topic, partition) -> high-water mark (next offset to be written), None if unknown
+HighWater = Callable[[str, int], int | None]
+
+#: A source whose high-water mark stays beyond what arrives (transaction markers take
+#: offsets but are never delivered) stops blocking after this many seconds without records.
+STALL_SECONDS = 2.0
+
+
+class Queue:
+    """One merge input: records in arrival (= Kafka, or sender release) order."""
+
+    __slots__ = ("items", "label", "partition", "source")
+
+    def __init__(self, partition: int, label: str, source: Source | None) -> None:
+        self.items: deque[Record] = deque()
+        self.partition = partition
+        self.label = label
+        #: the consumed topic-partition feeding this queue alone (None: peer queue)
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Queue({self.partition}, {self.label!r}, {len(self.items)})"
+
+
+class Source:
+    """A consumed topic-partition: how far it was received, and whether it may block."""
+
+    __slots__ = (
+        "blocking",
+        "idle_until",
+        "lag_since",
+        "last_arrival",
+        "partition",
+        "queue",
+        "received",
+        "topic",
+    )
+
+    def __init__(self, topic: str, partition: int, received: int, queue: Queue | None) -> None:
+        self.topic = topic
+        self.partition = partition
+        #: next offset expected from Kafka
+        self.received = received
+        #: the queue this source alone feeds (input topics); None for the repartition topic
+        self.queue = queue
+        self.blocking = False
+        #: with an idle wait: when an emptied, caught-up input stops blocking
+        self.idle_until = 0.0
+        #: when the source last started to block for unread records (stall detection)
+        self.lag_since = 0.0
+        self.last_arrival = 0.0
+
+    def __repr__(self) -> str:
+        return f"Source({self.topic}[{self.partition}]@{self.received}, blocking={self.blocking})"
+
+
+@dataclass(slots=True)
+class Expected:
+    """A record awaited from a partition on another worker."""
+
+    key: Key
+    token: str
+    deadline: float
+
+
+class Merger:
+    """The queues and sources of the partitions a worker owns, and the release order."""
+
+    def __init__(
+        self,
+        highwater: HighWater,
+        idle: float = 0.0,
+        expect_wait: float = 30.0,
+    ) -> None:
+        self.highwater = highwater
+        self.idle = idle
+        self.expect_wait = expect_wait
+        self._heap: list[tuple[Key, int, Queue]] = []
+        self._seq = 0
+        self.sources: dict[tuple[str, int], Source] = {}
+        self.peers: dict[tuple[int, int], Queue] = {}
+        self._blocking: set[Source] = set()
+        self._expected: dict[str, Expected] = {}
+        self._expected_min: Key | None = None
+        #: records in all queues
+        self.buffered = 0
+        #: seconds during which records waited for a blocking source or an expected record
+        self.waited = 0.0
+        self._wait_began: float | None = None
+        #: releases that went past an expected record that never came (timed out)
+        self.expect_timeouts = 0
+        #: sources that stopped blocking because their high-water mark never arrived
+        self.stalls = 0
+
+    # ------------------------------------------------------------------ topology
+
+    def add_partition(
+        self, partition: int, topics: Iterable[str], repartition: str, start: dict[str, int]
+    ) -> None:
+        """Start merging a partition's input topics (from the ``start`` offsets)."""
+        for topic in topics:
+            queue = Queue(partition, topic, None)
+            source = Source(topic, partition, start.get(topic, 0), queue)
+            queue.source = source
+            self.sources[(topic, partition)] = source
+            source.blocking = True  # nothing is known until the consumer has fetched once
+            self._blocking.add(source)
+        rep = Source(repartition, partition, start.get(repartition, 0), None)
+        rep.blocking = True
+        self._blocking.add(rep)
+        self.sources[(repartition, partition)] = rep
+
+    def remove_partition(self, partition: int) -> list[Record]:
+        """Stop merging a partition; return its peer queues' records (oldest first)."""
+        left: list[Record] = []
+        for key in [k for k in self.sources if k[1] == partition]:
+            source = self.sources.pop(key)
+            self._blocking.discard(source)
+            if source.queue is not None:
+                self.buffered -= len(source.queue.items)
+        for pair in [k for k in self.peers if k[0] == partition]:
+            queue = self.peers.pop(pair)
+            left.extend(queue.items)
+            self.buffered -= len(queue.items)
+        self._heap = [entry for entry in self._heap if entry[2].partition != partition]
+        heapq.heapify(self._heap)
+        return left
+
+    def peer(self, partition: int, sender: int) -> Queue:
+        """The queue of ``partition`` for records released by ``sender``."""
+        queue = self.peers.get((partition, sender))
+        if queue is None:
+            queue = self.peers[(partition, sender)] = Queue(partition, f"from {sender}", None)
+        return queue
+
+    def peer_queues(self, partition: int) -> Iterator[Queue]:
+        """Every peer queue of a partition."""
+        return (q for (p, _), q in self.peers.items() if p == partition)
+
+    # ------------------------------------------------------------------ input
+
+    def push(self, queue: Queue, record: Record) -> None:
+        """Append a record to a queue (its head enters the heap)."""
+        items = queue.items
+        items.append(record)
+        record.part = queue.partition
+        self.buffered += 1
+        if len(items) == 1:
+            self._seq += 1
+            heapq.heappush(self._heap, (record.key, self._seq, queue))
+
+    def arrived(self, source: Source, offset: int, now: float) -> None:
+        """A message at ``offset`` was read from ``source`` (pushed, or handled at once)."""
+        source.received = offset + 1
+        source.last_arrival = now
+        if source.blocking and (source.queue is None or source.queue.items):
+            self._check(source, now)
+
+    # ------------------------------------------------------------------ release
+
+    def pop(self, now: float) -> Record | None:
+        """The next record to apply, or None if the gate is closed or nothing is buffered."""
+        heap = self._heap
+        if not heap:
+            self._waiting(False, now)
+            return None
+        key, _, queue = heap[0]
+        if self._blocking or (self._expected_min is not None and key > self._expected_min):
+            self._waiting(True, now)
+            return None
+        if self._wait_began is not None:
+            self._waiting(False, now)
+        items = queue.items
+        record = items.popleft()
+        self.buffered -= 1
+        if items:
+            self._seq += 1
+            heapq.heapreplace(heap, (items[0].key, self._seq, queue))
+        else:
+            heapq.heappop(heap)
+            source = queue.source
+            if source is not None:
+                self._emptied(source, now)
+        return record
+
+    def head(self) -> Key | None:
+        """The key that would be released next (ignoring the gate)."""
+        return self._heap[0][0] if self._heap else None
+
+    def gate(self) -> Key | None:
+        """Up to which key records may be released now (None: no limit; MIN: none)."""
+        if self._blocking:
+            return _CLOSED
+        return self._expected_min
+
+    def _waiting(self, waiting: bool, now: float) -> None:
+        if waiting:
+            if self._wait_began is None:
+                self._wait_began = now
+        elif self._wait_began is not None:
+            self.waited += max(0.0, now - self._wait_began)
+            self._wait_began = None
+
+    # ------------------------------------------------------------------ sources
+
+    def _emptied(self, source: Source, now: float) -> None:
+        if self.idle > 0:
+            source.idle_until = now + self.idle
+        self._check(source, now)
+
+    def _check(self, source: Source, now: float) -> None:
+        """Decide whether ``source`` blocks the release of buffered records."""
+        queue = source.queue
+        if queue is not None and queue.items:
+            blocking = False
+        else:
+            high = self.highwater(source.topic, source.partition)
+            if high is None:
+                blocking = True  # never fetched: it may hold anything
+            elif high > source.received:
+                # Records are in Kafka but not here yet: wait for them, unless nothing has
+                # come for a while although the mark says so (transaction markers).
+                if not source.blocking or source.lag_since == 0.0:
+                    source.lag_since = now
+                quiet_since = max(source.lag_since, source.last_arrival)
+                blocking = now - quiet_since < STALL_SECONDS
+                if not blocking:
+                    self.stalls += 1
+            else:
+                blocking = queue is not None and now < source.idle_until
+        if not blocking:
+            source.lag_since = 0.0
+        if blocking != source.blocking:
+            source.blocking = blocking
+            if blocking:
+                self._blocking.add(source)
+            else:
+                self._blocking.discard(source)
+
+    def refresh(self, now: float) -> None:
+        """Look again at every source (new high-water marks) and at expected records."""
+        for source in self.sources.values():
+            self._check(source, now)
+        if self._expected:
+            for token in [t for t, e in self._expected.items() if e.deadline <= now]:
+                del self._expected[token]
+                self.expect_timeouts += 1
+            self._expected_min = min((e.key for e in self._expected.values()), default=None)
+
+    @property
+    def blocked(self) -> bool:
+        """Whether some source blocks the release now."""
+        return bool(self._blocking)
+
+    @property
+    def blocking(self) -> list[Source]:
+        """Sources the release waits for now."""
+        return sorted(self._blocking, key=lambda s: (s.partition, s.topic))
+
+    # ------------------------------------------------------------------ expected records
+
+    def expect(self, token: str, key: Key, now: float) -> None:
+        """Do not release beyond ``key`` until :meth:`fulfil` (or ``expect_wait`` passes)."""
+        self._expected[token] = Expected(key, token, now + self.expect_wait)
+        if self._expected_min is None or key < self._expected_min:
+            self._expected_min = key
+
+    def fulfil(self, token: str) -> None:
+        """The expected record arrived."""
+        if self._expected.pop(token, None) is not None:
+            self._expected_min = min((e.key for e in self._expected.values()), default=None)
+
+    @property
+    def expected(self) -> int:
+        """How many records from other workers are awaited."""
+        return len(self._expected)
+
+
+_CLOSED: Key = (-(1 << 63), 0, 0, 0, 0)

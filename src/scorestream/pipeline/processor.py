@@ -1,0 +1,781 @@
+"""The one processor: input messages in, engine calls in event-time order, outputs out.
+
+The live worker and ``scorestream score`` both run this class — the worker over the
+partitions Kafka assigns it, with RocksDB stores; the offline command over every
+partition of a file, with in-memory stores — so routing, identity, dedupe and timers
+exist once and the two give the same results on the same input.
+
+**Order.** Messages are queued per topic-partition and released by the
+:class:`~scorestream.pipeline.merge.Merger` in merge-key order (event time, then topic
+tie rank, then origin position) across every partition the processor owns. Work that
+crosses partitions — an ``identify`` asks the anonymous id's partition for its state,
+which answers with it; events of an identified or misrouted id go to their contact — is
+a record too: delivered in memory to a partition the processor owns, or through the
+repartition topic to one it does not, and released at its own merge key.
+
+**Exactly-once state.** A contact state remembers, per stream of records, the last
+position it applied (``ContactState.marks``); a record at or below that position is a
+redelivery or a replay and changes nothing — whichever path it took and whatever was
+committed. What a record causes in other partitions (a hand-over request, its answer, a
+forward) is sent again on a replay and is idempotent where it lands, so a crash between
+any two steps neither loses nor double counts. Offsets are committed only up to what
+the states include, and never past a record whose in-memory consequences are still
+waiting to be applied (:meth:`Processor.commit_offsets`).
+
+**Outputs** (crossings, DLQ, repartition) leave through an :class:`Emitter` as they
+happen: at-least-once, with deterministic ids and content, so a replay re-sends the
+same crossing.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scorestream.engine.events import AnyEvent, Identify, InvalidEvent, decode_event
+from scorestream.engine.scorer import Crossing, Engine
+from scorestream.engine.state import ContactState
+from scorestream.engine.timeutil import US_PER_SECOND, format_ts
+from scorestream.pipeline.merge import HighWater, Merger, Queue, Source
+from scorestream.pipeline.records import (
+    CLOCK,
+    EVENT,
+    INVALID,
+    MIN_TS,
+    REQUEST,
+    STATE,
+    EnvelopeError,
+    Key,
+    Record,
+    clock_envelope,
+    decode_envelope,
+    encode_envelope,
+    stream_id,
+)
+from scorestream.pipeline.routing import INPUT_TOPICS, REPARTITION, partition_for
+from scorestream.pipeline.store import StateStore, encode_value
+
+#: Leave room under the DLQ topic's max.message.bytes (4 MiB) for the JSON around a payload.
+DLQ_PAYLOAD_LIMIT = 2_900_000
+_RANK = {topic: rank for rank, topic in enumerate(INPUT_TOPICS)}
+
+
+class Emitter(Protocol):
+    """Where the processor's outputs go (Kafka in the worker, lists offline and in tests)."""
+
+    def crossing(self, crossing: Crossing) -> None:
+        """A threshold crossing for ``leads.sales_ready``."""
+
+    def dlq(self, record: dict[str, Any]) -> None:
+        """An invalid input for ``events.dlq``."""
+
+    def repartition(self, partition: int, key: str, value: bytes) -> None:
+        """A record for a partition this processor does not own."""
+
+
+@dataclass(slots=True)
+class Partition:
+    """What the processor keeps for one owned partition."""
+
+    number: int
+    store: StateStore
+    #: per input topic (unprefixed), the next offset not yet released
+    released: dict[str, int] = field(default_factory=dict)
+    #: timer index: (due, contact) entries; ``scheduled`` says which are current
+    heap: list[tuple[int, str]] = field(default_factory=list)
+    scheduled: dict[str, int] = field(default_factory=dict)
+    #: newest event time applied here
+    newest: int | None = None
+
+
+@dataclass(slots=True)
+class Settings:
+    """The processor's knobs (see the README's settings table)."""
+
+    max_bytes: int = 1_000_000
+    #: seconds of event time that timers and decay stay behind the newest event
+    lateness: float = 5.0
+    #: seconds without anything to apply after which the stream counts as quiet
+    idle_timeout: float = 2.0
+    #: a quiet stream whose newest event is at most this old follows the wall clock
+    live_horizon: float = 3600.0
+    #: seconds an emptied, caught-up input is waited for (Kafka Streams' max.task.idle)
+    merge_idle: float = 0.0
+    #: seconds to wait for an identity hand-over from a partition on another worker
+    identify_wait: float = 30.0
+
+
+class Processor:
+    """Routes messages of the owned partitions to the engine, in event-time order."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        partitions: int,
+        emitter: Emitter,
+        highwater: HighWater,
+        settings: Settings | None = None,
+        topics: Callable[[str], str] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.n = partitions
+        self.emit = emitter
+        self.settings = s = settings or Settings()
+        self.merger = Merger(highwater, idle=s.merge_idle, expect_wait=s.identify_wait)
+        self.parts: dict[int, Partition] = {}
+        #: unprefixed topic name -> name as the highwater function knows it
+        self.real = topics or (lambda name: name)
+        self._lateness_us = int(s.lateness * US_PER_SECOND)
+        #: newest event time applied by this processor, and reported by other workers
+        self.newest: int | None = None
+        self.remote_newest: int | None = None
+        #: event time up to which idle contacts have been advanced
+        self.watermark = MIN_TS
+        self._last_release = 0.0
+        self._clock_sent: int | None = None
+        #: (topic, outcome) -> count since the last :meth:`take_counts`
+        self.counts: dict[tuple[str, str], int] = {}
+        #: events applied with an event time older than their partition's newest
+        self.late = 0
+        #: event time of the last event applied (for the event-delay metric)
+        self.last_ts = 0
+
+    # ------------------------------------------------------------------ assignment
+
+    def assign(self, number: int, store: StateStore, committed: dict[str, int]) -> Partition:
+        """Own a partition from its committed offsets (unprefixed topic -> next offset)."""
+        part = Partition(number, store)
+        for topic in INPUT_TOPICS:
+            part.released[topic] = committed.get(topic, 0)
+        for key, due in store.dues():
+            part.scheduled[key] = due
+            part.heap.append((due, key))
+        heapq.heapify(part.heap)
+        self.parts[number] = part
+        self.merger.add_partition(
+            number,
+            [self.real(t) for t in INPUT_TOPICS],
+            self.real(REPARTITION),
+            {self.real(t): off for t, off in committed.items()},
+        )
+        # Records other partitions already sent here in memory wait in the merger; a
+        # (re)assigned partition starts with empty peer queues: the senders' offsets
+        # were held, so replays re-create whatever was lost.
+        return part
+
+    def revoke(self, numbers: Iterable[int]) -> None:
+        """Give up partitions (after their last checkpoint).
+
+        Records waiting in their peer queues are dropped: those from a partition that
+        stays are sent on through the repartition topic (the new owner applies them);
+        those read from Kafka or sent by a partition that goes too are re-created by the
+        new owner's replay, since their offsets were not committed.
+        """
+        going = set(numbers)
+        for number in going:
+            if self.parts.pop(number, None) is None:
+                continue
+            for record in self.merger.remove_partition(number):
+                if record.topic or record.sender in going or record.sender not in self.parts:
+                    continue
+                self.emit.repartition(number, record.to, encode_envelope(record))
+
+    # ------------------------------------------------------------------ input
+
+    def source(self, topic: str, partition: int) -> Source | None:
+        """The merge source of a consumed topic-partition (real name)."""
+        return self.merger.sources.get((topic, partition))
+
+    def receive(
+        self, topic: str, partition: int, offset: int, value: bytes | None, now: float
+    ) -> None:
+        """Queue one consumed message (``topic`` unprefixed) for release in event-time order."""
+        merger = self.merger
+        source = merger.sources.get((self.real(topic), partition))
+        if source is None or offset < source.received:
+            self._count(topic, "unassigned" if source is None else "replayed")
+            return
+        if topic == REPARTITION:
+            self._receive_envelope(source, partition, offset, value or b"", now)
+            return
+        rank = _RANK[topic]
+        anchor = (partition, topic, offset)
+        if value is None:
+            record = Record(
+                INVALID,
+                (MIN_TS, rank, partition, offset, 0),
+                "",
+                partition,
+                topic=topic,
+                offset=offset,
+                anchor=anchor,
+                reason="empty message (no value)",
+            )
+        else:
+            try:
+                event = decode_event(value, self.settings.max_bytes)
+            except InvalidEvent as exc:
+                record = Record(
+                    INVALID,
+                    (MIN_TS, rank, partition, offset, 0),
+                    "",
+                    partition,
+                    raw=value,
+                    topic=topic,
+                    offset=offset,
+                    anchor=anchor,
+                    reason=exc.reason,
+                )
+            else:
+                record = Record(
+                    EVENT,
+                    (event.ts, rank, partition, offset, 0),
+                    event.key,
+                    partition,
+                    event=event,
+                    raw=value,
+                    topic=topic,
+                    offset=offset,
+                    anchor=anchor,
+                )
+        queue = source.queue
+        assert queue is not None
+        merger.push(queue, record)
+        merger.arrived(source, offset, now)
+
+    def receive_event(
+        self, topic: str, partition: int, offset: int, event: AnyEvent, raw: bytes, now: float
+    ) -> None:
+        """Queue an already decoded event (offline: the file was validated while routing)."""
+        source = self.merger.sources[(self.real(topic), partition)]
+        queue = source.queue
+        assert queue is not None
+        self.merger.push(
+            queue,
+            Record(
+                EVENT,
+                (event.ts, _RANK[topic], partition, offset, 0),
+                event.key,
+                partition,
+                event=event,
+                raw=raw,
+                topic=topic,
+                offset=offset,
+                anchor=(partition, topic, offset),
+            ),
+        )
+        self.merger.arrived(source, offset, now)
+
+    def _receive_envelope(
+        self, source: Source, partition: int, offset: int, value: bytes, now: float
+    ) -> None:
+        merger = self.merger
+        try:
+            record = decode_envelope(value)
+            if record.kind == EVENT:
+                limit = max(self.settings.max_bytes, len(record.raw))
+                record.event = decode_event(record.raw, limit)
+        except (EnvelopeError, InvalidEvent) as exc:
+            # Not ours, or damaged: keep it, say why, never stop.
+            reason = exc.reason if isinstance(exc, InvalidEvent) else str(exc)
+            self._dlq(REPARTITION, partition, offset, value, reason)
+            self._count(REPARTITION, "invalid")
+            merger.arrived(source, offset, now)
+            return
+        if record.kind == CLOCK:
+            newest = record.key[0]
+            if self.remote_newest is None or newest > self.remote_newest:
+                self.remote_newest = newest
+            self._count(REPARTITION, "clock")
+            merger.arrived(source, offset, now)
+            return
+        record.topic = REPARTITION
+        record.offset = offset
+        record.anchor = (partition, REPARTITION, offset)
+        if record.kind == STATE:
+            merger.fulfil(_token(record.merge_id, record.to))
+        merger.push(merger.peer(partition, record.sender), record)
+        merger.arrived(source, offset, now)
+
+    # ------------------------------------------------------------------ release
+
+    def run(self, now: float, limit: int = 0) -> int:
+        """Apply what the merge releases (at most ``limit`` records if > 0); return how many."""
+        pop = self.merger.pop
+        apply = self._apply
+        done = 0
+        while True:
+            record = pop(now)
+            if record is None:
+                break
+            apply(record, now)
+            done += 1
+            if done == limit:
+                break
+        if done:
+            self._last_release = now
+        return done
+
+    def refresh(self, now: float) -> None:
+        """Look again at what the merge waits for (high-water marks, expected records)."""
+        self.merger.refresh(now)
+
+    def _apply(self, record: Record, now: float) -> None:
+        kind = record.kind
+        part = self.parts[record.part]
+        topic = record.topic
+        if topic and topic != REPARTITION:
+            # An input message: released in offset order, so this is the next offset.
+            part.released[topic] = record.offset + 1
+        try:
+            if kind == EVENT:
+                outcome = self._event(part, record, now)
+            elif kind == INVALID:
+                self._dlq(record.topic, part.number, record.offset, record.raw, record.reason)
+                outcome = "invalid"
+            elif kind == REQUEST:
+                self._hand_over(part, record, now)
+                outcome = "internal"
+            else:
+                self._merge_in(part, record, now)
+                outcome = "internal"
+        except Exception as exc:  # a bug must not stop the service: keep the message, say why
+            self._dlq(
+                record.topic or REPARTITION,
+                part.number,
+                record.offset,
+                record.raw or encode_envelope(record),
+                f"internal error: {exc!r}",
+            )
+            outcome = "error"
+        self._count(record.topic or REPARTITION, outcome)
+
+    # ------------------------------------------------------------------ events
+
+    def _event(self, part: Partition, record: Record, now: float) -> str:
+        event = record.event
+        assert event is not None
+        key = record.to
+        home = partition_for(key, self.n)
+        if home != part.number:
+            # A producer with another partitioner (or no key): send it where it lives.
+            self._send(part, home, _forward(record, key, part.number), now)
+            return "forwarded"
+        store = part.store
+        state = store.get(key)
+        if state is not None:
+            stream = record.stream
+            if record.position <= state.marks.get(stream, -1):
+                # Already in this state: a replay. (An identified anonymous state keeps the
+                # marks it was handed over with, so what it counted is not sent on again.)
+                if isinstance(event, Identify) and state.alias is None:
+                    self._identify(part, state, event, record, now)  # its hand-over again
+                return "replayed"
+            if state.alias is not None:
+                # An identified anonymous id: the event is its contact's.
+                target = state.alias
+                self._send(
+                    part, partition_for(target, self.n), _forward(record, target, part.number), now
+                )
+                return "forwarded"
+        else:
+            state = self.engine.new_state(key, anonymous=event.contact_id is None)
+            stream = record.stream
+        ts = event.ts
+        if part.newest is not None and ts < part.newest:
+            self.late += 1
+        outcome = self.engine.apply(state, event)
+        if outcome.status == "duplicate":
+            return "duplicate"
+        state.marks[stream] = record.position
+        if part.newest is None or ts > part.newest:
+            part.newest = ts
+            if self.newest is None or ts > self.newest:
+                self.newest = ts
+        self.last_ts = ts
+        self._changed(part, state, outcome.crossings)
+        if isinstance(event, Identify):
+            self._identify(part, state, event, record, now)
+        return "applied"
+
+    # ------------------------------------------------------------------ identity
+
+    def _identify(
+        self, part: Partition, contact: ContactState, event: Identify, cause: Record, now: float
+    ) -> None:
+        anon = event.anonymous_id
+        assert anon is not None
+        if anon == contact.key:
+            return
+        request = Record(
+            REQUEST,
+            _next_hop(cause.key),
+            contact.key,
+            part.number,
+            anon=anon,
+            at=event.ts,
+            merge_id=event.event_id,
+            anchor=cause.anchor,
+        )
+        dest = partition_for(anon, self.n)
+        key = cause.key
+        answer = stream_id(dest, key[2], key[1], key[4] + 2)
+        # On a replay whose answer this contact already merged, nothing is awaited.
+        merged = contact.marks.get(answer, -1) >= key[3]
+        self._send(part, dest, request, now, expect=not merged)
+
+    def _hand_over(self, part: Partition, request: Record, now: float) -> None:
+        """In the anonymous id's partition: give its state to the contact, leave an alias.
+
+        Idempotent: a repeated request (a replay) gets the same answer, because the
+        handed-over state stays as it was, marked with the identify that took it.
+        """
+        anon = request.anon
+        contact = request.to
+        engine = self.engine
+        store = part.store
+        state = store.get(anon)
+        payload: bytes | None = None
+        if state is None:
+            state = engine.new_state(anon, anonymous=True)
+            state.alias = contact
+            self._changed(part, state, ())
+        elif state.alias is None:
+            # Timers and expiry due before the identify happen first, as they would have
+            # if time had passed for this visitor (the worker's sweep may already have).
+            crossings = engine.advance(state, request.at - 1) if state.clock is not None else []
+            payload = state.to_bytes()
+            state.alias = contact
+            state.handed = request.merge_id
+            self._changed(part, state, crossings)
+        elif state.handed == request.merge_id:
+            payload = _as_handed(state)
+        elif state.alias != contact:
+            state.alias = contact  # identified again: later events go to the new contact
+            self._changed(part, state, ())
+        answer = Record(
+            STATE,
+            _next_hop(request.key),
+            contact,
+            part.number,
+            anon=anon,
+            at=request.at,
+            merge_id=request.merge_id,
+            payload=payload,
+            anchor=request.anchor,
+        )
+        self._send(part, partition_for(contact, self.n), answer, now)
+
+    def _merge_in(self, part: Partition, record: Record, now: float) -> None:
+        """In the contact's partition: merge the anonymous state in (or note there is none)."""
+        store = part.store
+        contact = store.get(record.to)
+        stream = record.stream
+        if contact is not None and record.position <= contact.marks.get(stream, -1):
+            return
+        if contact is not None and contact.alias is not None:
+            target = contact.alias  # the contact was itself merged into another one
+            moved = _forward(record, target, part.number)
+            self._send(part, partition_for(target, self.n), moved, now)
+            return
+        if record.payload is None:
+            if contact is not None:
+                contact.marks[stream] = record.position
+                part.store.put(contact)
+            return
+        if contact is None:
+            contact = self.engine.new_state(record.to)
+        other = ContactState.from_bytes(record.payload)
+        crossings = self.engine.merge(contact, other, record.at, record.merge_id)
+        contact.marks[stream] = record.position
+        self._changed(part, contact, crossings)
+
+    def _send(
+        self, part: Partition, dest: int, record: Record, now: float, expect: bool = True
+    ) -> None:
+        record.sender = part.number
+        if dest in self.parts:
+            self.merger.push(self.merger.peer(dest, part.number), record)
+            return
+        self.emit.repartition(dest, _routing_key(record), encode_envelope(record))
+        if record.kind == REQUEST and expect:
+            # Its answer comes back through Kafka: apply nothing beyond its key until then.
+            self.merger.expect(_token(record.merge_id, record.to), _next_hop(record.key), now)
+
+    # ------------------------------------------------------------------ time
+
+    def quiet(self, now: float) -> bool:
+        """Nothing to apply, nothing awaited, for ``idle_timeout`` seconds."""
+        merger = self.merger
+        return (
+            merger.buffered == 0
+            and not merger.blocked
+            and merger.expected == 0
+            and now - self._last_release >= self.settings.idle_timeout
+        )
+
+    def advance_watermark(self, now: float) -> int:
+        """Event time up to which idle contacts may be advanced now (monotone).
+
+        While records flow it follows the newest event applied, ``lateness`` behind, and
+        stays before the next record to release; when the stream has been quiet for
+        ``idle_timeout`` it reaches the newest event time of every partition (this
+        worker's and what other workers report) — where ``scorestream score`` evaluates
+        — and, if that is less than ``live_horizon`` old, follows the wall clock
+        ``lateness`` behind, so quiet contacts still decay and time out.
+        """
+        s = self.settings
+        wm = self.watermark
+        if self.newest is None and self.remote_newest is None:
+            return wm
+        if self.quiet(now):
+            newest = max(x for x in (self.newest, self.remote_newest) if x is not None)
+            candidate = newest
+            wall_us = int(now * US_PER_SECOND)
+            if wall_us - newest <= int(s.live_horizon * US_PER_SECOND):
+                candidate = max(candidate, wall_us - self._lateness_us)
+        elif self.newest is not None and not self.merger.blocked:
+            candidate = self.newest - self._lateness_us
+            head = self.merger.head()
+            if head is not None:
+                candidate = min(candidate, head[0] - 1)
+            gate = self.merger.gate()
+            if gate is not None:
+                candidate = min(candidate, gate[0] - 1)
+        else:
+            return wm
+        if candidate > wm:
+            self.watermark = wm = candidate
+        return wm
+
+    def tick(self, now: float) -> int:
+        """Fire what is due in every partition up to the watermark; return contacts touched."""
+        wm = self.advance_watermark(now)
+        touched = 0
+        engine = self.engine
+        for part in list(self.parts.values()):
+            heap = part.heap
+            while heap and heap[0][0] <= wm:
+                due, key = heapq.heappop(heap)
+                if part.scheduled.get(key) != due:
+                    continue  # stale entry: rescheduled since
+                del part.scheduled[key]
+                state = part.store.get(key)
+                if state is None or state.alias is not None:
+                    continue
+                crossings = engine.advance(state, wm)
+                touched += 1
+                self._changed(part, state, crossings)
+            if len(heap) > 2 * len(part.scheduled) + 1024:
+                part.heap = [(d, k) for k, d in part.scheduled.items()]
+                heapq.heapify(part.heap)
+        return touched
+
+    def clock_due(self, now: float) -> int | None:
+        """The newest event time to tell other workers, when quiet and it changed."""
+        if self.newest is None or not self.quiet(now) or self.newest == self._clock_sent:
+            return None
+        return self.newest
+
+    def send_clock(self, newest: int) -> None:
+        """Tell every partition this processor does not own the newest event time here."""
+        self._clock_sent = newest
+        for dest in range(self.n):
+            if dest not in self.parts:
+                self.emit.repartition(dest, "", clock_envelope(-1, newest))
+
+    def advance_all(self, at: int) -> None:
+        """Let time pass to ``at`` for every contact (offline: the evaluation time)."""
+        for part in self.parts.values():
+            for state in list(_states(part.store)):
+                if state.alias is None:
+                    self._changed(part, state, self.engine.advance(state, at))
+
+    # ------------------------------------------------------------------ state
+
+    def _changed(self, part: Partition, state: ContactState, crossings: Iterable[Crossing]) -> None:
+        part.store.put(state)
+        emit = self.emit.crossing
+        for crossing in crossings:
+            emit(crossing)
+        due = self.engine.next_due(state) if state.alias is None else None
+        key = state.key
+        if due is None:
+            part.scheduled.pop(key, None)
+        elif part.scheduled.get(key) != due:
+            part.scheduled[key] = due
+            heapq.heappush(part.heap, (due, key))
+
+    def take_dirty(self, partition: int) -> list[str]:
+        """Keys changed since the last call (they are no longer marked dirty)."""
+        return [state.key for state in self.parts[partition].store.take_dirty()]
+
+    def encode(self, partition: int, key: str) -> tuple[bytes, bytes | None]:
+        """A contact's changelog value and its ``contacts.scores`` record (None for aliases)."""
+        part = self.parts[partition]
+        state = part.store.get(key)
+        assert state is not None, key
+        value = encode_value(state, part.scheduled.get(key))
+        score = None
+        if state.alias is None and state.clock is not None:
+            score = json.dumps(self.score_record(state)).encode()
+        return value, score
+
+    def commit_offsets(self) -> dict[int, dict[str, int]]:
+        """Per owned partition, the offsets (unprefixed topics) its states fully include.
+
+        Input topics: the next offset not yet released. The repartition topic: the oldest
+        message read from it that still waits in a peer queue. Both are held back to the
+        origin of any record that was delivered in memory and still waits: if the worker
+        died now, replaying from there re-creates it.
+        """
+        out: dict[int, dict[str, int]] = {}
+        merger = self.merger
+        for number, part in self.parts.items():
+            offsets = dict(part.released)
+            rep = merger.sources.get((self.real(REPARTITION), number))
+            offsets[REPARTITION] = rep.received if rep is not None else 0
+            out[number] = offsets
+        for queue in merger.peers.values():
+            for record in queue.items:
+                anchor = record.anchor
+                if anchor is None:
+                    continue
+                number, topic, offset = anchor
+                held = out.get(number)
+                if held is not None and offset < held.get(topic, offset + 1):
+                    held[topic] = offset
+        return out
+
+    def score_record(self, state: ContactState) -> dict[str, Any]:
+        """The ``contacts.scores`` message of a contact (scores at its own clock)."""
+        engine = self.engine
+        at = state.clock or 0
+        return {
+            "contact_id": state.key,
+            "scores": engine.scores(state, at),
+            "tiers": engine.tiers(state),
+            "updated_at": format_ts(at),
+            "rules_version": engine.rules.version,
+            "anonymous": state.anonymous,
+        }
+
+    def lookup(self, key: str) -> ContactState | None:
+        """The state of a contact if this processor owns its partition."""
+        part = self.parts.get(partition_for(key, self.n))
+        if part is None:
+            return None
+        return part.store.get(key)
+
+    def resolve(self, key: str) -> ContactState | None:
+        """The state an id stands for now: an identified anonymous id gives its contact."""
+        state = self.lookup(key)
+        hops = 0
+        while state is not None and state.alias is not None and hops < 64:
+            state = self.lookup(state.alias)
+            hops += 1
+        return state
+
+    def states(self) -> Iterator[ContactState]:
+        """Every contact state (not aliases) of every owned partition, sorted by id."""
+        found = [s for part in self.parts.values() for s in _states(part.store)]
+        found.sort(key=lambda s: s.key)
+        return (s for s in found if s.alias is None)
+
+    def take_counts(self) -> dict[tuple[str, str], int]:
+        """Message outcomes counted since the last call."""
+        counts, self.counts = self.counts, {}
+        return counts
+
+    # ------------------------------------------------------------------ DLQ
+
+    def _count(self, topic: str, outcome: str) -> None:
+        key = (topic, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _dlq(self, topic: str, partition: int, offset: int, payload: bytes, reason: str) -> None:
+        self.emit.dlq(dlq_record(self.real(topic), partition, offset, payload, reason))
+
+
+def dlq_record(
+    topic: str, partition: int, offset: int, payload: bytes, reason: str
+) -> dict[str, Any]:
+    """The ``events.dlq`` message: the reason and the original bytes (base64 if not UTF-8)."""
+    record: dict[str, Any] = {
+        "error": reason,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+    }
+    body = payload
+    if len(body) > DLQ_PAYLOAD_LIMIT:
+        record["truncated"] = True
+        record["payload_bytes"] = len(body)
+        body = body[:DLQ_PAYLOAD_LIMIT]
+    try:
+        record["payload"] = body.decode("utf-8")
+        record["encoding"] = "utf-8"
+    except UnicodeDecodeError:
+        record["payload"] = base64.b64encode(body).decode("ascii")
+        record["encoding"] = "base64"
+    return record
+
+
+def _next_hop(key: Key) -> Key:
+    return (key[0], key[1], key[2], key[3], key[4] + 1)
+
+
+def _token(merge_id: str, contact: str) -> str:
+    return f"{merge_id}\x00{contact}"
+
+
+def _routing_key(record: Record) -> str:
+    return record.anon if record.kind == REQUEST else record.to
+
+
+def _forward(record: Record, to: str, sender: int) -> Record:
+    """The same work, for another state: it keeps its merge key and origin."""
+    return Record(
+        record.kind,
+        record.key,
+        to,
+        sender,
+        event=record.event,
+        raw=record.raw,
+        anchor=record.anchor,
+        anon=record.anon,
+        at=record.at,
+        merge_id=record.merge_id,
+        payload=record.payload,
+    )
+
+
+def _as_handed(state: ContactState) -> bytes:
+    """The bytes a hand-over sent: the state without the alias and hand-over marks."""
+    copy = ContactState.from_bytes(state.to_bytes())
+    copy.alias = None
+    copy.handed = None
+    return copy.to_bytes()
+
+
+def _states(store: StateStore) -> Iterator[ContactState]:
+    states = getattr(store, "states", None)
+    if states is None:
+        raise TypeError(f"{type(store).__name__} cannot list its states")
+    result: Iterator[ContactState] = states()
+    return result
+
+
+__all__ = [
+    "Emitter",
+    "Partition",
+    "Processor",
+    "Queue",
+    "Settings",
+    "dlq_record",
+    "stream_id",
+]

@@ -1,0 +1,234 @@
+"""Per-partition contact state: what a store must do, and the in-memory store.
+
+A stored value is ``due (8 bytes, big-endian, -1 = nothing due)`` followed by the
+engine's state bytes — the very value that goes to the changelog topic, so recovery
+writes changelog records verbatim and the timer index can be rebuilt by reading only the
+first 8 bytes of each value. A metadata entry records the changelog offset up to which
+the store is current, so a restart reads only the changelog tail.
+
+Stores keep the states in use as objects (a cache) and mark changed ones dirty; a
+checkpoint takes the dirty ones (:meth:`StateStore.take_dirty`), writes them to the
+changelog and, once Kafka has them and the offsets are committed, to the store
+(:meth:`StateStore.write`). The RocksDB store (:mod:`scorestream.app.rocks`) and the
+in-memory store (:class:`MemoryStore`, offline runs and tests) share that logic in
+:class:`CachedStore` and differ only in where bytes live.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from scorestream.engine.state import ContactState
+
+_DUE = struct.Struct(">q")
+NO_DUE = -1
+META_KEY = b"\x00scorestream-meta"
+
+
+def encode_value(state: ContactState, due: int | None) -> bytes:
+    """The stored and changelogged form of a state."""
+    return _DUE.pack(NO_DUE if due is None else due) + state.to_bytes()
+
+
+def decode_value(value: bytes) -> ContactState:
+    """Inverse of :func:`encode_value` (the due prefix is skipped)."""
+    return ContactState.from_bytes(value[_DUE.size :])
+
+
+def due_of(value: bytes) -> int | None:
+    """The due time stored in front of a value."""
+    (due,) = _DUE.unpack_from(value, 0)
+    return None if due == NO_DUE else int(due)
+
+
+class StateStore(Protocol):
+    """What the processor, checkpoints and recovery need from a partition's store."""
+
+    def get(self, key: str) -> ContactState | None:
+        """The state of ``key``; None if unknown."""
+
+    def put(self, state: ContactState) -> None:
+        """Record a changed state (written at the next checkpoint)."""
+
+    def take_dirty(self) -> list[ContactState]:
+        """States changed since the last call, in key order; they become pending."""
+
+    def settle(self, keys: list[str], written: bool) -> None:
+        """End of a checkpoint: pending states were written, or are dirty again."""
+
+    def write(self, items: list[tuple[bytes, bytes]], meta: dict[str, Any]) -> None:
+        """Write checkpointed values and the metadata atomically."""
+
+    def apply_changelog(
+        self, records: list[tuple[bytes, bytes | None]], meta: dict[str, Any]
+    ) -> None:
+        """Recovery: write changelog records (None = tombstone) and the metadata."""
+
+    def meta(self) -> dict[str, Any]:
+        """What the last write recorded; empty for a new store."""
+
+    def dues(self) -> Iterator[tuple[str, int]]:
+        """(contact, due) for every stored contact with something due."""
+
+    def drop_cache(self) -> None:
+        """Forget cached states (the stored bytes changed underneath)."""
+
+    @property
+    def cached(self) -> int:
+        """How many states are held as objects."""
+
+    def close(self) -> None:
+        """Release resources (the data stays)."""
+
+
+class CachedStore(ABC):
+    """States as objects over a byte store: cache, dirty set, pending set."""
+
+    def __init__(self, cache_size: int) -> None:
+        self._cache: OrderedDict[str, ContactState] = OrderedDict()
+        self.cache_size = cache_size
+        self.dirty: set[str] = set()
+        #: keys being checkpointed: taken from ``dirty``, not yet written
+        self.pending: set[str] = set()
+
+    # -- bytes (the subclass's storage)
+
+    @abstractmethod
+    def _load(self, key: bytes) -> bytes | None: ...
+
+    @abstractmethod
+    def _write(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        """Apply puts and deletes atomically."""
+
+    @abstractmethod
+    def _items(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+    # -- state access
+
+    def get(self, key: str) -> ContactState | None:
+        """The state of ``key``, from the cache or the byte store; None if unknown."""
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            return state
+        raw = self._load(key.encode("utf-8"))
+        if raw is None:
+            return None
+        state = decode_value(raw)
+        self._remember(key, state)
+        return state
+
+    def put(self, state: ContactState) -> None:
+        """Record a changed state; it is written at the next checkpoint."""
+        self._remember(state.key, state)
+        self.dirty.add(state.key)
+
+    def _remember(self, key: str, state: ContactState) -> None:
+        cache = self._cache
+        cache[key] = state
+        cache.move_to_end(key)
+        if len(cache) > self.cache_size:
+            # Evict least recently used clean states; dirty ones stay until written.
+            for old in list(cache.keys())[: len(cache) - self.cache_size]:
+                if old not in self.dirty and old not in self.pending:
+                    del cache[old]
+
+    def take_dirty(self) -> list[ContactState]:
+        """The states changed since the last call, in key order (now pending)."""
+        keys = sorted(self.dirty)
+        self.dirty = set()
+        self.pending.update(keys)
+        return [self._cache[k] for k in keys]
+
+    def settle(self, keys: list[str], written: bool) -> None:
+        """End of a checkpoint: written states may leave memory; others are dirty again."""
+        self.pending.difference_update(keys)
+        if not written:
+            self.dirty.update(keys)
+
+    @property
+    def cached(self) -> int:
+        """How many states are in memory."""
+        return len(self._cache)
+
+    def drop_cache(self) -> None:
+        """Forget cached states (after the stored bytes changed, e.g. recovery)."""
+        self._cache.clear()
+        self.dirty.clear()
+        self.pending.clear()
+
+    # -- persistence
+
+    def write(self, items: list[tuple[bytes, bytes]], meta: dict[str, Any]) -> None:
+        """Write checkpointed values and the metadata in one atomic batch."""
+        self._write([*items, (META_KEY, json.dumps(meta).encode())], [])
+
+    def apply_changelog(
+        self, records: list[tuple[bytes, bytes | None]], meta: dict[str, Any]
+    ) -> None:
+        """Recovery: write changelog records (None = tombstone) and the metadata atomically."""
+        puts = [(k, v) for k, v in records if v is not None]
+        deletes = [k for k, v in records if v is None]
+        puts.append((META_KEY, json.dumps(meta).encode()))
+        self._write(puts, deletes)
+
+    def meta(self) -> dict[str, Any]:
+        """What the last write recorded (changelog offset, ...); empty for a new store."""
+        raw = self._load(META_KEY)
+        if raw is None:
+            return {}
+        value: dict[str, Any] = json.loads(raw)
+        return value
+
+    def get_raw(self, key: bytes) -> bytes | None:
+        """The stored value of a key (tests, recovery checks)."""
+        return self._load(key)
+
+    def dues(self) -> Iterator[tuple[str, int]]:
+        """(contact, due) for every stored contact with something due (timer index rebuild)."""
+        for key, value in self._items():
+            if key == META_KEY:
+                continue
+            due = due_of(value)
+            if due is not None:
+                yield key.decode("utf-8"), due
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the byte store holds open (the data stays)."""
+
+
+class MemoryStore(CachedStore):
+    """A store whose bytes live in a dict: offline runs, tests, and nothing durable."""
+
+    def __init__(self, cache_size: int = 1 << 62) -> None:
+        super().__init__(cache_size)
+        self._data: dict[bytes, bytes] = {}
+
+    def _load(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def _write(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        for key in deletes:
+            self._data.pop(key, None)
+        self._data.update(puts)
+
+    def _items(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(list(self._data.items()))
+
+    def close(self) -> None:
+        """Nothing is held open."""
+
+    def states(self) -> Iterator[ContactState]:
+        """Every state, cached or stored, in key order (offline reports)."""
+        keys = set(self._cache)
+        keys.update(k.decode("utf-8") for k in self._data if k != META_KEY)
+        for key in sorted(keys):
+            state = self.get(key)
+            if state is not None:
+                yield state

@@ -1,0 +1,137 @@
+"""Live equals offline on a backlog: every input topic filled first, then the worker.
+
+The traffic (``traffic.journeys``) and the plan (``plans/parity.yaml``) exercise what
+depends on the order of a contact's events: limits, ``unless`` timers, half-life decay,
+expiry, attributes, identify across partitions, cookie events after an identify, equal
+timestamps on different topics and events published late. Each test compares, with the
+worker's default settings, every crossing on ``leads.sales_ready`` (all fields, and
+redelivered copies must be identical) and every contact's final scores with
+``scorestream score`` on the same events, and the DLQ with the bad messages sent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from support import (
+    WorkerProc,
+    crossings_by_id,
+    offline,
+    processed,
+    producer,
+    read_topic,
+    wait_processed,
+)
+from traffic import journeys
+
+from scorestream.engine.timeutil import format_ts
+from scorestream.pipeline.routing import topic_for
+from scorestream.simulate import BAD_MESSAGES
+
+PLAN = Path(__file__).resolve().parent / "plans" / "parity.yaml"
+
+
+def publish_backlog(
+    bootstrap: str, prefix: str, raws: list[dict[str, Any]], bad_every: int, seed: int
+) -> int:
+    """Publish the events and, every ``bad_every`` events, a bad message; return the bad count."""
+    rng = random.Random(seed)
+    p = producer(bootstrap)
+    bad = 0
+    for i, raw in enumerate(raws):
+        key = (raw.get("contact_id") or raw.get("anonymous_id") or "").encode()
+        topic = prefix + topic_for(raw["type"])
+        p.produce(topic, json.dumps(raw).encode(), key)
+        if i % bad_every == bad_every - 1:
+            p.produce(topic, rng.choice(BAD_MESSAGES), None)
+            bad += 1
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
+    return bad
+
+
+def settle(workers: list[WorkerProc], bootstrap: str, prefix: str) -> None:
+    """Everything processed, and the stream quiet long enough for time to reach its end."""
+    wait_processed(bootstrap, prefix, workers)
+    time.sleep(4.0)  # idle_timeout (2 s) + ticks: timers and decay reach the newest event
+    wait_processed(bootstrap, prefix, workers)
+
+
+def assert_live_equals_offline(
+    workers: list[WorkerProc], bootstrap: str, prefix: str, raws: list[dict[str, Any]], bad: int
+) -> dict[str, dict[str, Any]]:
+    run = offline(PLAN, raws, None)
+    assert run.at is not None and not run.errors
+    expected = {c.crossing_id: c.to_dict() for c in run.crossings}
+    deadline = time.monotonic() + 30
+    live = crossings_by_id(bootstrap, prefix + "leads.sales_ready")
+    while live != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        live = crossings_by_id(bootstrap, prefix + "leads.sales_ready")
+    missing = sorted(set(expected) - set(live))[:5]
+    extra = sorted(set(live) - set(expected))[:5]
+    changed = [k for k in expected if k in live and live[k] != expected[k]][:3]
+    assert live == expected, (
+        f"missing {missing}, extra {extra}, changed {[(expected[k], live[k]) for k in changed]}"
+    )
+    at = format_ts(run.at)
+    for row in run.report():
+        code, doc = workers[0].get(f"/contacts/{row['contact_id']}?at={at}")
+        assert code == 200, (row, doc)
+        assert (doc["scores"], doc["tiers"]) == (row["scores"], row["tiers"]), row["contact_id"]
+    dlq = read_topic(bootstrap, prefix + "events.dlq")
+    sources = {
+        (d["topic"], d["partition"], d["offset"])
+        for d in (json.loads(v or b"{}") for _, v, _, _ in dlq)
+    }
+    assert len(sources) == bad  # every bad message, once per source position
+    return live
+
+
+def test_a_backlog_on_every_input_topic_gives_the_offline_crossings_and_scores(
+    kafka_bootstrap: str, topic_prefix: str, kafka_topics: Any, tmp_path: Path
+) -> None:
+    raws = journeys(300, seed=21)
+    bad = publish_backlog(kafka_bootstrap, topic_prefix, raws, bad_every=97, seed=21)
+    worker = WorkerProc("w", kafka_bootstrap, topic_prefix, tmp_path / "state", PLAN)
+    worker.start()
+    try:
+        worker.wait_ready()
+        settle([worker], kafka_bootstrap, topic_prefix)
+        live = assert_live_equals_offline([worker], kafka_bootstrap, topic_prefix, raws, bad)
+        kinds = {(c["model"], c["direction"]) for c in live.values()}
+        assert {("engagement", "down"), ("intent", "down"), ("fit", "up")} <= kinds
+    finally:
+        worker.stop()
+
+
+def test_three_kill_9_in_the_backlog_change_nothing(
+    kafka_bootstrap: str, topic_prefix: str, kafka_topics: Any, tmp_path: Path
+) -> None:
+    raws = journeys(800, seed=22)
+    bad = publish_backlog(kafka_bootstrap, topic_prefix, raws, bad_every=101, seed=22)
+    state = tmp_path / "state"
+    total = len(raws) + bad
+    worker = WorkerProc("w0", kafka_bootstrap, topic_prefix, state, PLAN)
+    worker.start()
+    try:
+        for kill in range(3):
+            worker.wait_ready()
+            target = total * (kill + 1) // 4
+            deadline = time.monotonic() + 90
+            while sum(processed([worker]).values()) < target:
+                assert time.monotonic() < deadline, worker.tail()
+                time.sleep(0.01)
+            worker.kill9()
+            worker = WorkerProc(f"w{kill + 1}", kafka_bootstrap, topic_prefix, state, PLAN)
+            worker.start()
+        worker.wait_ready()
+        settle([worker], kafka_bootstrap, topic_prefix)
+        assert_live_equals_offline([worker], kafka_bootstrap, topic_prefix, raws, bad)
+    finally:
+        worker.stop()

@@ -1,0 +1,110 @@
+"""Seeded traffic for the live-vs-offline tests: journeys that exercise order.
+
+Visitors browse anonymously (blog, pricing, carts), many are identified by a form (an
+``identify`` keyed by the contact, while their earlier events are keyed by the cookie,
+so the two usually live in different partitions), some keep browsing with only the
+cookie after that, marketing e-mails arrive and are sometimes opened within the 30 min
+window, profiles change (a country removed again). Event times are whole seconds, so
+events of one contact on different topics often share a timestamp; a share of events is
+published late (after newer events of the same topic).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
+
+
+def journeys(
+    people: int,
+    seed: int,
+    start: str = "2026-03-02T08:00:00Z",
+    hours: float = 6.0,
+    late_share: float = 0.02,
+) -> list[dict[str, Any]]:
+    """Events of ``people`` journeys in publishing order (mostly event-time order)."""
+    rng = random.Random(seed)
+    t0 = parse_ts(start) // US_PER_SECOND
+    span = int(hours * 3600)
+    timed: list[tuple[int, int, dict[str, Any]]] = []
+    seq = 0
+
+    def add(at: int, raw: dict[str, Any]) -> None:
+        nonlocal seq
+        seq += 1
+        raw["event_id"] = f"{seed}-{seq:07d}"
+        raw["occurred_at"] = format_ts(at * US_PER_SECOND)
+        timed.append((at, seq, raw))
+
+    for i in range(people):
+        anon = f"v-{seed}-{i:04d}"
+        contact = f"c-{seed}-{i:04d}"
+        t = t0 + rng.randrange(span // 2)
+        known = False
+
+        def who(use_cookie: bool = False) -> dict[str, str]:
+            if known and not use_cookie:
+                return {"contact_id": contact}
+            return {"anonymous_id": anon}
+
+        for _ in range(rng.randrange(4, 16)):
+            t += rng.choice([0, 0, 1, 5, 30, 120, 600, 1200])
+            roll = rng.random()
+            cookie = known and rng.random() < 0.3  # still browsing under the cookie
+            if roll < 0.35:
+                url = rng.choice(
+                    ["/blog/a", "/blog/b", "/blog/c", "/pricing", "/pricing/team", "/"]
+                )
+                add(t, {"type": "page_view", **who(cookie), "properties": {"url": url}})
+            elif roll < 0.5:
+                kind = rng.choice(["cart_add", "cart_add", "product_compare", "checkout_start"])
+                props = {"product_id": f"p{rng.randrange(9)}", "value": rng.randrange(10, 500)}
+                add(t, {"type": kind, **who(cookie), "properties": props})
+                if kind == "cart_add" and rng.random() < 0.3:
+                    add(t + rng.randrange(60, 3600), {"type": "cart_abandon", **who(cookie)})
+            elif roll < 0.62 and not known:
+                form = rng.choice(["contact", "ebook", "webinar"])
+                add(t, {"type": "form_submit", **who(), "properties": {"form_id": form}})
+                if rng.random() < 0.85:
+                    known = True
+                    add(
+                        t + rng.choice([0, 0, 1]),
+                        {"type": "identify", "contact_id": contact, "anonymous_id": anon},
+                    )
+            elif roll < 0.8 and known:
+                campaign = f"cmp-{rng.randrange(5)}"
+                add(t, {"type": "email_sent", **who(), "properties": {"campaign_id": campaign}})
+                if rng.random() < 0.5:
+                    opened = t + rng.choice([0, 60, 900, 1800, 1801, 3000])
+                    add(
+                        opened,
+                        {"type": "email_open", **who(), "properties": {"campaign_id": campaign}},
+                    )
+                    if rng.random() < 0.5:
+                        add(
+                            opened + 5,
+                            {
+                                "type": "email_click",
+                                **who(),
+                                "properties": {"campaign_id": campaign},
+                            },
+                        )
+                if rng.random() < 0.05:
+                    add(t + 7200, {"type": "email_unsubscribe", **who()})
+            elif known or rng.random() < 0.3:
+                attrs: dict[str, Any] = {
+                    "company_size": rng.choice([10, 150, 200, 900]),
+                    "job_title": rng.choice(["CEO", "CTO", "Engineer", "VP Sales"]),
+                    "country": rng.choice(["DE", "PL", None]),
+                }
+                add(t, {"type": "profile_update", **who(), "properties": {"attributes": attrs}})
+    timed.sort(key=lambda x: (x[0], x[1]))
+    ordered = [raw for _, _, raw in timed]
+    # Publish a few events late: after up to 40 newer events (of any topic).
+    for _ in range(int(len(ordered) * late_share)):
+        i = rng.randrange(len(ordered) - 1)
+        j = min(len(ordered) - 1, i + rng.randrange(1, 40))
+        ordered.insert(j, ordered.pop(i))
+    return ordered
