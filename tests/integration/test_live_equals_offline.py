@@ -26,13 +26,13 @@ from support import (
     read_topic,
     wait_processed,
 )
-from traffic import journeys
 
 from scorestream.engine.timeutil import format_ts
 from scorestream.pipeline.routing import topic_for
 from scorestream.simulate import BAD_MESSAGES
+from traffic import journeys
 
-PLAN = Path(__file__).resolve().parent / "plans" / "parity.yaml"
+PLAN = Path(__file__).resolve().parents[1] / "plans" / "parity.yaml"
 
 
 def publish_backlog(

@@ -1,269 +1,472 @@
-"""The worker's processor without Kafka: routing, identity hand-over, replays, DLQ, timers."""
+"""The pipeline's processor without Kafka: event-time order, identity, replays, waits.
+
+Most tests run processors over a fake cluster (``tests/cluster.py``) that reads the
+topic-partition logs in a random interleaving, and compare with ``scorestream score``'s
+run of the same events.
+"""
 
 from __future__ import annotations
 
-import base64
 import json
-from collections import deque
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scorestream.app.processor import Processor
-from scorestream.app.routing import Envelope, partition_for
-from scorestream.app.store import PartitionStore, decode_value
-from scorestream.engine.events import event_from_dict
-from scorestream.engine.population import Population
+from cluster import Cluster, Member, run_members
 from scorestream.engine.rules import load_rules
-from scorestream.engine.scorer import Crossing, Engine
+from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
+from scorestream.offline import OfflineRun, score_lines
+from scorestream.pipeline.merge import STALL_SECONDS
+from scorestream.pipeline.processor import Settings
+from scorestream.pipeline.records import REQUEST, decode_envelope
+from scorestream.pipeline.routing import REPARTITION, partition_for
+from traffic import journeys
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = load_rules(ROOT / "rules" / "b2b.yaml")
+PARITY = load_rules(ROOT / "tests" / "plans" / "parity.yaml")
+B2B = load_rules(ROOT / "rules" / "b2b.yaml")
 N = 6
-REPART = "scorestream.repartition"
-T0 = parse_ts("2026-03-01T10:00:00Z")
+T0 = parse_ts("2026-03-02T08:00:00Z")
 
 
-class Collect:
-    """An emitter that keeps everything, and a queue standing in for the repartition topic."""
-
-    def __init__(self) -> None:
-        self.crossings: list[Crossing] = []
-        self.dlqs: list[dict[str, Any]] = []
-        self.queue: deque[tuple[int, str, Envelope]] = deque()
-
-    def crossing(self, crossing: Crossing) -> None:
-        self.crossings.append(crossing)
-
-    def dlq(self, record: dict[str, Any]) -> None:
-        self.dlqs.append(record)
-
-    def repartition(self, partition: int, key: str, envelope: Envelope) -> None:
-        self.queue.append((partition, key, envelope))
+def offline(raws: list[dict[str, Any]], rules: Any = PARITY) -> OfflineRun:
+    return score_lines(Engine(rules), iter(json.dumps(r).encode() for r in raws))
 
 
-class Harness:
-    """A processor owning every partition, with per-topic offsets like Kafka's."""
-
-    def __init__(self, tmp: Path, **kwargs: Any) -> None:
-        self.out = Collect()
-        self.proc = Processor(Engine(RULES), N, REPART, self.out, **kwargs)
-        self.offsets: dict[tuple[str, int], int] = {}
-        self.tmp = tmp
-        for p in range(N):
-            self.proc.assign(p, PartitionStore(tmp / f"p{p}", block_cache_mb=8), {}, wall=0.0)
-
-    def send(self, topic: str, partition: int, value: bytes | None, wall: float = 1.0) -> str:
-        offset = self.offsets.get((topic, partition), 0)
-        self.offsets[(topic, partition)] = offset + 1
-        outcome = self.proc.handle(topic, partition, offset, value, wall)
-        self.drain(wall)
-        return outcome
-
-    def drain(self, wall: float = 1.0) -> None:
-        while self.out.queue:
-            partition, _key, env = self.out.queue.popleft()
-            offset = self.offsets.get((REPART, partition), 0)
-            self.offsets[(REPART, partition)] = offset + 1
-            self.proc.handle(REPART, partition, offset, env.encode(), wall)
-
-    def event(self, raw: dict[str, Any], partition: int | None = None) -> str:
-        key = raw.get("contact_id") or raw["anonymous_id"]
-        p = partition_for(key, N) if partition is None else partition
-        return self.send("events.any", p, json.dumps(raw).encode())
-
-    def state(self, key: str) -> Any:
-        return self.proc.lookup(key)
+def finish(members: list[Member], at: int) -> dict[str, dict[str, Any]]:
+    """Time reaches ``at`` everywhere (as when the stream goes quiet); crossings by id."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in members:
+        m.proc.advance_all(at)
+        for c in m.out.crossings:
+            doc = c.to_dict()
+            assert out.setdefault(c.crossing_id, doc) == doc, "a crossing id with two contents"
+    return out
 
 
-def ev(
-    i: int, kind: str, minutes: float, props: dict[str, Any] | None = None, **ids: str
-) -> dict[str, Any]:
+def scores(members: list[Member], run: OfflineRun) -> dict[str, Any]:
+    assert run.at is not None
+    engine = run.engine
+    return {
+        s.key: (engine.scores(s, run.at), engine.tiers(s)) for m in members for s in m.proc.states()
+    }
+
+
+def expected_scores(run: OfflineRun) -> dict[str, Any]:
+    return {row["contact_id"]: (row["scores"], row["tiers"]) for row in run.report()}
+
+
+def ev(i: int, kind: str, minutes: float, **fields: Any) -> dict[str, Any]:
+    props = fields.pop("props", None)
     raw: dict[str, Any] = {
         "event_id": f"e{i}",
         "type": kind,
-        "occurred_at": _ts(T0 + int(minutes * 60 * US_PER_SECOND)),
-        **ids,
+        "occurred_at": format_ts(T0 + int(minutes * 60 * US_PER_SECOND)),
+        **fields,
     }
     if props is not None:
         raw["properties"] = props
     return raw
 
 
-def _ts(us: int) -> str:
-    return format_ts(us)
+def pair_on_two_partitions(first: set[int], second: set[int]) -> tuple[str, str]:
+    """An anonymous id with its partition in ``first`` and a contact in ``second``."""
+    anon = next(f"anon-{i}" for i in range(1000) if partition_for(f"anon-{i}", N) in first)
+    contact = next(f"c-{i}" for i in range(1000) if partition_for(f"c-{i}", N) in second)
+    return anon, contact
 
 
-def keys_on_different_partitions() -> tuple[str, str]:
-    anon = "anon-1"
-    for i in range(100):
-        contact = f"c-{i}"
-        if partition_for(contact, N) != partition_for(anon, N):
-            return anon, contact
-    raise AssertionError("no pair found")
+# ------------------------------------------------------------------ one worker
 
 
-def offline(raws: list[dict[str, Any]], at: int) -> dict[str, dict[str, float]]:
-    engine = Engine(RULES)
-    pop = Population(engine)
-    for raw in raws:
-        pop.process(event_from_dict(raw))
-    pop.advance_all(at)
-    return {s.key: engine.scores(s, at) for s in pop}
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_one_worker_gives_the_offline_result_whatever_the_read_order(seed: int) -> None:
+    raws = journeys(60, seed=seed)
+    run = offline(raws)
+    assert run.at is not None
+    cluster = Cluster()
+    cluster.publish(raws)
+    member = Member(cluster, Engine(PARITY), range(N))
+    run_members([member], random.Random(seed))
+    live = finish([member], run.at)
+    assert live == {c.crossing_id: c.to_dict() for c in run.crossings}
+    assert scores([member], run) == expected_scores(run)
+    assert member.proc.late == run.processor.late
 
 
-def test_identify_across_partitions_moves_the_anonymous_state(tmp_path: Path) -> None:
-    anon, contact = keys_on_different_partitions()
+def test_events_out_of_order_on_different_topics_are_applied_in_time_order() -> None:
+    # The open (e-mail topic) is published after a later page view (page-view topic);
+    # applied in event time, it is inside the 30 min window and cancels the -10.
     raws = [
-        ev(1, "page_view", 0, {"url": "/pricing"}, anonymous_id=anon),
-        ev(2, "page_view", 1, {"url": "/pricing/team"}, anonymous_id=anon),
-        ev(3, "form_submit", 2, {"form_id": "contact"}, contact_id=contact),
-        ev(4, "identify", 3, contact_id=contact, anonymous_id=anon),
-        ev(5, "form_submit", 4, {"form_id": "contact"}, contact_id=contact),
-        # after identify, the anonymous id refers to the contact
-        ev(6, "page_view", 5, {"url": "/pricing"}, anonymous_id=anon),
+        ev(1, "email_sent", 0, contact_id="c-1", props={"campaign_id": "k"}),
+        ev(2, "page_view", 40, contact_id="c-1", props={"url": "/"}),
+        ev(3, "email_open", 10, contact_id="c-1", props={"campaign_id": "k"}),
     ]
-    h = Harness(tmp_path)
-    for raw in raws:
-        assert h.event(raw) in {"applied", "forwarded"}
-    at = T0 + 10 * 60 * US_PER_SECOND
-    expected = offline(raws, at)
-    state = h.state(contact)
-    assert h.proc.engine.scores(state, at) == expected[contact]
-    # 15 + 15 + 30 + 30 + 15, decayed by minutes of a 30-day half-life
-    assert h.proc.engine.scores(state, at)["engagement"] == pytest.approx(105.0, abs=0.05)
-    stub = h.state(anon)
-    assert stub.alias == contact
-    assert anon not in expected  # reported under its contact offline too
-    # mql (50) entered at the merge (30 + 30), sales_ready (100) at the last page view
-    assert [(c.threshold, c.direction, c.contact_id) for c in h.out.crossings] == [
-        ("mql", "up", contact),
-        ("sales_ready", "up", contact),
+    run = offline(raws)
+    assert run.processor.late == 0
+    assert expected_scores(run)["c-1"][0]["engagement"] == 0.0
+    cluster = Cluster()
+    cluster.publish(raws)
+    member = Member(cluster, Engine(PARITY), range(N))
+    run_members([member], random.Random(5))
+    assert scores([member], run) == expected_scores(run)
+
+
+def test_an_event_late_in_its_own_topic_is_scored_late() -> None:
+    # Two page views of one contact, the earlier published second: a limit of 2 per hour
+    # sees them in Kafka order, and the late one counts as late.
+    raws = [
+        ev(1, "page_view", 30, contact_id="c-1", props={"url": "/blog/a"}),
+        ev(2, "page_view", 31, contact_id="c-1", props={"url": "/blog/b"}),
+        ev(3, "page_view", 0, contact_id="c-1", props={"url": "/blog/c"}),
     ]
+    run = offline(raws)
+    assert run.processor.late == 1
 
 
-def test_a_misrouted_event_is_forwarded_to_its_home_partition(tmp_path: Path) -> None:
-    h = Harness(tmp_path)
-    raw = ev(1, "page_view", 0, {"url": "/pricing"}, contact_id="c-9")
-    home = partition_for("c-9", N)
-    wrong = (home + 1) % N
-    assert h.event(raw, partition=wrong) == "forwarded"
-    state = h.state("c-9")
-    assert state is not None and h.proc.engine.scores(state, state.clock)["engagement"] == 15.0
-    assert h.offsets[(REPART, home)] == 1
+# ------------------------------------------------------------------ waiting
 
 
-def test_a_redelivered_offset_is_skipped(tmp_path: Path) -> None:
-    h = Harness(tmp_path)
-    value = json.dumps(ev(1, "page_view", 0, {"url": "/pricing"}, contact_id="c-1")).encode()
+def test_nothing_is_applied_while_an_input_has_unread_records() -> None:
+    cluster = Cluster()
+    cluster.publish([ev(1, "page_view", 0, contact_id="c-1", props={"url": "/pricing"})])
+    member = Member(cluster, Engine(PARITY), range(N))
+    proc = member.proc
     p = partition_for("c-1", N)
-    assert h.proc.handle("events.page_view", p, 0, value, 1.0) == "applied"
-    assert h.proc.handle("events.page_view", p, 0, value, 1.0) == "replayed"
-    other = json.dumps(ev(2, "page_view", 1, {"url": "/pricing"}, contact_id="c-1")).encode()
-    assert h.proc.handle("events.page_view", p, 1, other, 1.0) == "applied"
-    state = h.state("c-1")
-    assert h.proc.engine.scores(state, state.clock)["engagement"] == pytest.approx(30.0, abs=0.01)
+    cluster.publish_raw("events.email", p, ev(2, "email_sent", 5, contact_id="c-1"))
+    proc.refresh(1.0)
+    proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 1.0)
+    assert proc.run(1.0) == 0  # the e-mail topic holds a record not read yet
+    assert [f"{s.topic}[{s.partition}]" for s in proc.merger.blocking] == [f"events.email[{p}]"]
+    proc.receive("events.email", p, 0, cluster.logs[("events.email", p)][0], 1.1)
+    assert proc.run(1.1) == 2
 
 
-def test_contacts_ahead_of_the_committed_offsets_skip_what_they_already_hold(
-    tmp_path: Path,
-) -> None:
-    out = Collect()
-    proc = Processor(Engine(RULES), N, REPART, out)
+def test_a_caught_up_empty_input_is_not_waited_for_by_default() -> None:
+    cluster = Cluster()
+    cluster.publish([ev(1, "page_view", 0, contact_id="c-1", props={"url": "/pricing"})])
+    member = Member(cluster, Engine(PARITY), range(N))
     p = partition_for("c-1", N)
-    store = PartitionStore(tmp_path / "p", block_cache_mb=8)
-    proc.assign(p, store, {"events.page_view": 0}, ahead={"c-1": {"events.page_view": 2}})
-    pricing = [
-        json.dumps(ev(i, "page_view", i, {"url": "/pricing"}, contact_id=c)).encode()
-        for i, c in [(1, "c-1"), (2, "c-1"), (3, "c-1")]
+    member.proc.refresh(1.0)
+    member.proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 1.0)
+    assert member.proc.run(1.0) == 1
+
+
+def test_with_an_idle_wait_an_emptied_input_is_waited_for_that_long() -> None:
+    cluster = Cluster()
+    p = partition_for("c-1", N)
+    member = Member(cluster, Engine(PARITY), range(N), settings=Settings(merge_idle=0.5))
+    proc = member.proc
+    cluster.publish([ev(1, "email_sent", 0, contact_id="c-1")])
+    proc.refresh(1.0)
+    proc.receive("events.email", p, 0, cluster.logs[("events.email", p)][0], 1.0)
+    assert proc.run(1.0) == 1  # nothing emptied yet: every input was caught up and empty
+    cluster.publish([ev(2, "page_view", 1, contact_id="c-1", props={"url": "/"})])
+    cluster.publish([ev(3, "email_open", 2, contact_id="c-1")])
+    proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 1.1)
+    assert proc.run(1.1) == 0  # the e-mail input emptied at 1.0 and has a record unread
+    proc.receive("events.email", p, 1, cluster.logs[("events.email", p)][1], 1.2)
+    assert proc.run(1.2) == 1  # the page view; now the page-view input has emptied
+    assert proc.run(1.3) == 0  # so the open waits for it until 1.7
+    proc.refresh(1.71)
+    assert proc.run(1.71) == 1
+    cluster.publish([ev(4, "page_view", 3, contact_id="c-1", props={"url": "/"})])
+    proc.receive("events.page_view", p, 1, cluster.logs[("events.page_view", p)][1], 1.8)
+    assert proc.run(1.8) == 0  # the e-mail input emptied at 1.71: waited for until 2.21
+    proc.refresh(2.22)
+    assert proc.run(2.22) == 1
+
+
+def test_an_end_offset_that_never_arrives_stops_blocking_after_the_stall_time() -> None:
+    cluster = Cluster()
+    p = partition_for("c-1", N)
+    cluster.publish([ev(1, "page_view", 0, contact_id="c-1", props={"url": "/"})])
+    # A transaction marker: the end offset is one beyond the last record ever delivered.
+    cluster.log("events.email", p).append(None)
+    member = Member(cluster, Engine(PARITY), range(N))
+    proc = member.proc
+    proc.refresh(1.0)
+    proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 1.0)
+    assert proc.run(1.0) == 0
+    proc.refresh(1.0 + STALL_SECONDS / 2)
+    assert proc.run(1.0 + STALL_SECONDS / 2) == 0
+    proc.refresh(1.0 + STALL_SECONDS + 0.01)
+    assert proc.run(1.0 + STALL_SECONDS + 0.01) == 1
+    assert proc.merger.stalls == 1
+
+
+# ------------------------------------------------------------------ identity
+
+
+def test_identify_merges_what_came_before_and_forwards_what_comes_after() -> None:
+    anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
+    raws = [
+        ev(1, "page_view", 0, anonymous_id=anon, props={"url": "/pricing"}),
+        ev(2, "page_view", 1, anonymous_id=anon, props={"url": "/blog/a"}),
+        ev(3, "identify", 2, contact_id=contact, anonymous_id=anon),
+        ev(4, "page_view", 3, anonymous_id=anon, props={"url": "/pricing/team"}),
+        ev(5, "form_submit", 4, contact_id=contact, props={"form_id": "contact"}),
     ]
-    assert proc.handle("events.page_view", p, 0, pricing[0], 1.0) == "replayed"
-    assert proc.handle("events.page_view", p, 1, pricing[1], 1.0) == "replayed"
-    assert proc.handle("events.page_view", p, 2, pricing[2], 1.0) == "applied"
-    state = proc.lookup("c-1")
-    assert proc.engine.scores(state, state.clock)["engagement"] == 15.0
+    run = offline(raws)
+    assert list(expected_scores(run)) == [contact]
+    assert expected_scores(run)[contact][1]["engagement"] == "mql"
+    for seed in range(5):
+        cluster = Cluster()
+        cluster.publish(raws)
+        member = Member(cluster, Engine(PARITY), range(N))
+        run_members([member], random.Random(seed))
+        assert scores([member], run) == expected_scores(run)
+        assert member.proc.resolve(anon) is member.proc.lookup(contact)
 
 
-@pytest.mark.parametrize(
-    ("value", "reason", "encoding"),
-    [
-        (b"not json", "not valid JSON", "utf-8"),
-        (b"\xff\x00\xfe", "not UTF-8 text", "base64"),
-        (
-            b'{"event_id":"e","type":"page_view","contact_id":"c","occurred_at":"2026-01-01T00:00:00Z"}',
-            "properties.url: required",
-            "utf-8",
-        ),
-        (
-            b'{"event_id":"e","type":"page_view","occurred_at":"2026-01-01T00:00:00Z","properties":{"url":"/"}}',
-            "one of contact_id or anonymous_id is required",
-            "utf-8",
-        ),
-        (None, "empty message", "utf-8"),
-    ],
-)
-def test_invalid_messages_go_to_the_dlq_with_the_reason_and_the_payload(
-    tmp_path: Path, value: bytes | None, reason: str, encoding: str
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_two_workers_agree_with_offline_without_cookie_events_after_an_identify(
+    seed: int,
 ) -> None:
-    h = Harness(tmp_path)
-    assert h.send("events.page_view", 2, value) == "invalid"
-    (record,) = h.out.dlqs
-    assert reason in record["error"]
-    assert (
-        record["topic"] == "events.page_view" and record["partition"] == 2 and record["offset"] == 0
+    raws = journeys(60, seed=seed, cookie_after_identify=0.0, identify_delay=(1, 5), late_share=0.0)
+    run = offline(raws)
+    assert run.at is not None
+    cluster = Cluster()
+    cluster.publish(raws)
+    members = [
+        Member(cluster, Engine(PARITY), [0, 1, 2]),
+        Member(cluster, Engine(PARITY), [3, 4, 5]),
+    ]
+    run_members(members, random.Random(seed))
+    assert finish(members, run.at) == {c.crossing_id: c.to_dict() for c in run.crossings}
+    assert scores(members, run) == expected_scores(run)
+
+
+def cookie_contacts(raws: list[dict[str, Any]]) -> set[str]:
+    """Contacts (and their anonymous ids) whose anonymous id has an event after the
+    identify: dated at or after it, or published after it."""
+    identified: dict[str, tuple[str, int, int]] = {}
+    for i, raw in enumerate(raws):
+        if raw["type"] == "identify":
+            when = parse_ts(raw["occurred_at"])
+            identified[raw["anonymous_id"]] = (raw["contact_id"], when, i)
+    out = set()
+    for i, raw in enumerate(raws):
+        anon = raw.get("anonymous_id")
+        if anon in identified and raw["type"] != "identify":
+            contact, when, index = identified[anon]
+            if parse_ts(raw["occurred_at"]) >= when or i > index:
+                out.update((contact, anon))  # its crossings as a visitor may differ too
+    return out
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_across_workers_only_contacts_with_cookie_events_after_identify_may_differ(
+    seed: int,
+) -> None:
+    # The documented bound (README, "Known limits"): with the anonymous id and the
+    # contact on different workers, what differs from offline is confined to contacts
+    # with events under the anonymous id dated at or after the identify. Final scores
+    # do not depend on that order in this plan's sums only where decay allows; the
+    # check here is on crossings and tiers.
+    raws = journeys(60, seed=seed)
+    run = offline(raws)
+    assert run.at is not None
+    cluster = Cluster()
+    cluster.publish(raws)
+    members = [
+        Member(cluster, Engine(PARITY), [0, 1, 2]),
+        Member(cluster, Engine(PARITY), [3, 4, 5]),
+    ]
+    run_members(members, random.Random(seed))
+    live = finish(members, run.at)
+    expected = {c.crossing_id: c.to_dict() for c in run.crossings}
+    racy = cookie_contacts(raws)
+    assert racy  # the traffic has such contacts
+    differing = {k.split(":")[0] for k in set(live) ^ set(expected)}
+    differing |= {k.split(":")[0] for k in live.keys() & expected.keys() if live[k] != expected[k]}
+    assert differing <= racy
+    got, want = scores(members, run), expected_scores(run)
+    assert {k for k in want if got.get(k) != want[k]} <= racy
+
+
+def test_a_hand_over_from_another_worker_is_awaited_before_later_events() -> None:
+    anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
+    raws = [
+        ev(1, "page_view", 0, anonymous_id=anon, props={"url": "/pricing"}),
+        ev(2, "page_view", 1, anonymous_id=anon, props={"url": "/pricing/team"}),
+        ev(3, "identify", 2, contact_id=contact, anonymous_id=anon),
+        ev(4, "form_submit", 3, contact_id=contact, props={"form_id": "contact"}),
+    ]
+    cluster = Cluster()
+    cluster.publish(raws)
+    contacts = Member(cluster, Engine(PARITY), [3, 4, 5])
+    anons = Member(cluster, Engine(PARITY), [0, 1, 2])
+    rng = random.Random(0)
+    for _ in range(200):
+        contacts.step(rng)
+    # The contact's worker sent the request and waits: the form is not applied.
+    rep = cluster.logs[(REPARTITION, partition_for(anon, N))]
+    assert [decode_envelope(v).kind for v in rep if v] == [REQUEST]
+    assert contacts.proc.merger.expected == 1
+    state = contacts.proc.lookup(contact)
+    assert state is not None and state.clock is not None
+    assert contacts.proc.engine.scores(state, state.clock)["engagement"] == 0.0
+    run_members([anons, contacts], rng)
+    assert contacts.proc.merger.expected == 0
+    run = offline(raws)
+    assert scores([contacts], run) == expected_scores(run)
+    assert finish([contacts, anons], run.at or 0) == {
+        c.crossing_id: c.to_dict() for c in run.crossings
+    }
+
+
+def test_a_hand_over_that_never_comes_is_given_up_after_the_wait() -> None:
+    anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
+    cluster = Cluster()
+    cluster.publish(
+        [
+            ev(1, "identify", 0, contact_id=contact, anonymous_id=anon),
+            ev(2, "form_submit", 1, contact_id=contact, props={"form_id": "contact"}),
+        ]
     )
-    assert record["encoding"] == encoding
-    if encoding == "base64":
-        assert base64.b64decode(record["payload"]) == value
-    elif value is not None:
-        assert record["payload"] == value.decode()
+    member = Member(cluster, Engine(PARITY), [3, 4, 5], settings=Settings(identify_wait=5.0))
+    proc = member.proc
+    p = partition_for(contact, N)
+    proc.refresh(1.0)
+    proc.receive("contacts.profile", p, 0, cluster.logs[("contacts.profile", p)][0], 1.0)
+    proc.receive("events.form", p, 0, cluster.logs[("events.form", p)][0], 1.0)
+    assert proc.run(1.0) == 1  # the identify; the form waits for the hand-over
+    proc.refresh(5.9)
+    assert proc.run(5.9) == 0
+    proc.refresh(6.1)
+    assert proc.run(6.1) == 1
+    assert proc.merger.expect_timeouts == 1
 
 
-def test_oversized_messages_go_to_the_dlq(tmp_path: Path) -> None:
-    h = Harness(tmp_path, max_bytes=200)
-    big = ev(1, "page_view", 0, {"url": "/" + "x" * 300}, contact_id="c-1")
-    assert h.event(big) == "invalid"
-    assert h.out.dlqs[0]["error"].startswith("too large:")
+# ------------------------------------------------------------------ exactly once
 
 
-def test_idle_contacts_fire_timers_when_the_watermark_passes(tmp_path: Path) -> None:
-    h = Harness(tmp_path, lateness=0.0, idle_timeout=0.0)
-    p = partition_for("c-1", N)
-    h.event(ev(1, "form_submit", 0, {"form_id": "contact"}, contact_id="c-1"))
-    h.event(ev(2, "form_submit", 1, {"form_id": "webinar-q1"}, contact_id="c-1"))  # 55: mql
-    h.event(ev(3, "email_sent", 2, {"campaign_id": "k"}, contact_id="c-1"))  # -5 due in 24 h
-    assert [c.threshold for c in h.out.crossings] == ["mql"]
-    ps = h.proc.parts[p]
-    due = T0 + (2 + 24 * 60) * 60 * US_PER_SECOND
-    assert ps.scheduled["c-1"] == due
-    # event time moves on in the partition (another contact), past the timer's due time
-    h.event(ev(4, "page_view", 25 * 60, {"url": "/about"}, contact_id=_same_partition_as("c-1")))
-    h.proc.tick(wall=2_000_000_000.0)
-    state = h.state("c-1")
-    assert state.ledger[-1][2:] == ("email-ignored", -5.0, due)
-    assert ps.scheduled["c-1"] > due  # next: the decay of mql, weeks later
+def test_reading_everything_again_changes_nothing_and_sends_nothing_new() -> None:
+    raws = journeys(60, seed=31)
+    run = offline(raws)
+    cluster = Cluster()
+    cluster.publish(raws)
+    first = Member(cluster, Engine(PARITY), range(N))
+    run_members([first], random.Random(1))
+    crossings = len(first.out.crossings)
+    before = {
+        k: s.to_bytes()
+        for p in first.stores
+        for s in first.proc.parts[p].store.states()
+        for k in [s.key]
+    }
+    # A new processor over the same states, from offset 0 of every log (nothing committed).
+    again = Member(cluster, Engine(PARITY), range(N), stores=first.stores)
+    run_members([again], random.Random(2))
+    assert again.out.crossings == []
+    after = {s.key: s.to_bytes() for p in again.stores for s in again.proc.parts[p].store.states()}
+    assert after == before
+    assert crossings and run.at is not None
 
 
-def _same_partition_as(key: str) -> str:
-    target = partition_for(key, N)
-    for i in range(1000):
-        other = f"other-{i}"
-        if partition_for(other, N) == target:
-            return other
-    raise AssertionError
+def test_a_handed_over_state_does_not_send_on_what_it_counted_itself() -> None:
+    # Replayed after a crash, an anonymous event the identified state had counted before
+    # the hand-over must not reach the contact a second time.
+    anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
+    raws = [
+        ev(1, "form_submit", 0, anonymous_id=anon, props={"form_id": "contact"}),
+        ev(2, "identify", 1, contact_id=contact, anonymous_id=anon),
+    ]
+    cluster = Cluster()
+    cluster.publish(raws)
+    member = Member(cluster, Engine(PARITY), range(N))
+    run_members([member], random.Random(3))
+    merged = member.proc.lookup(contact)
+    assert merged is not None
+    points = dict(merged.models["engagement"].pts)
+    # The contact's partition restarts from scratch (its state lost, nothing committed),
+    # the anonymous partition keeps its handed-over state: both read everything again.
+    stores = dict(member.stores)
+    del stores[partition_for(contact, N)]
+    again = Member(cluster, Engine(PARITY), range(N), stores=stores)
+    run_members([again], random.Random(4))
+    state = again.proc.lookup(contact)
+    assert state is not None
+    assert state.models["engagement"].pts == points  # contact-form once, not twice
 
 
-def test_snapshot_returns_changed_states_and_the_offsets_vector(tmp_path: Path) -> None:
-    h = Harness(tmp_path)
-    h.event(ev(1, "page_view", 0, {"url": "/pricing"}, contact_id="c-1"))
-    p = partition_for("c-1", N)
-    snap = h.proc.snapshot(p)
-    assert [k for k, _ in snap.states] == ["c-1"]
-    assert snap.vector == {"events.any": 1}
-    state = decode_value(snap.states[0][1])
-    assert state.key == "c-1"
-    score = json.loads(snap.scores[0][1])
-    assert score["scores"]["engagement"] == 15.0 and score["contact_id"] == "c-1"
-    assert h.proc.snapshot(p).states == []  # nothing changed since
+def test_invalid_messages_go_to_the_dlq_with_reason_and_payload() -> None:
+    cluster = Cluster()
+    cluster.publish_raw("events.page_view", 2, b"not json")
+    cluster.publish_raw("events.page_view", 2, None)
+    cluster.publish_raw("events.page_view", 2, b"\xff\xfe")
+    cluster.publish_raw(REPARTITION, 4, b"junk")
+    member = Member(cluster, Engine(PARITY), range(N), settings=Settings(max_bytes=50))
+    big = ev(1, "page_view", 0, contact_id="c-1", props={"url": "/" + "x" * 100})
+    cluster.publish_raw("events.page_view", 2, big)
+    run_members([member], random.Random(0))
+    records = member.out.dlq_records
+    assert sorted((r["topic"], r["partition"], r["offset"]) for r in records) == [
+        ("events.page_view", 2, 0),
+        ("events.page_view", 2, 1),
+        ("events.page_view", 2, 2),
+        ("events.page_view", 2, 3),
+        ("scorestream.repartition", 4, 0),
+    ]
+    by_offset = {(r["topic"], r["offset"]): r for r in records}
+    assert by_offset[("events.page_view", 0)]["payload"] == "not json"
+    assert by_offset[("events.page_view", 1)]["error"] == "empty message (no value)"
+    assert by_offset[("events.page_view", 2)]["encoding"] == "base64"
+    assert "too large" in by_offset[("events.page_view", 3)]["error"]
+    assert "not a repartition envelope" in by_offset[("scorestream.repartition", 0)]["error"]
+
+
+def test_a_misrouted_event_is_applied_in_its_home_partition() -> None:
+    raw = ev(1, "page_view", 0, contact_id="c-1", props={"url": "/pricing"})
+    home = partition_for("c-1", N)
+    cluster = Cluster()
+    cluster.publish_raw("events.page_view", (home + 1) % N, raw)
+    member = Member(cluster, Engine(PARITY), range(N))
+    run_members([member], random.Random(0))
+    state = member.proc.lookup("c-1")
+    assert state is not None and state.models["engagement"].pts == {"pricing": 15.0}
+    counts = member.proc.take_counts()
+    assert counts[("events.page_view", "forwarded")] == 1
+
+
+# ------------------------------------------------------------------ commits and time
+
+
+def test_commit_offsets_stop_before_a_record_whose_consequence_still_waits() -> None:
+    anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
+    cluster = Cluster()
+    cluster.publish([ev(1, "identify", 0, contact_id=contact, anonymous_id=anon)])
+    member = Member(cluster, Engine(PARITY), range(N))
+    proc = member.proc
+    pc = partition_for(contact, N)
+    proc.refresh(1.0)
+    proc.receive("contacts.profile", pc, 0, cluster.logs[("contacts.profile", pc)][0], 1.0)
+    assert proc.run(1.0, limit=1) == 1
+    # The identify is applied; its hand-over request waits in the anonymous id's
+    # partition, in memory only: were the worker to die now, replaying the identify is
+    # what re-creates it, so its offset may not be committed yet.
+    assert proc.commit_offsets()[pc]["contacts.profile"] == 0
+    assert proc.run(1.0) == 2  # the request, then the (empty) answer
+    assert proc.commit_offsets()[pc]["contacts.profile"] == 1
+
+
+def test_a_quiet_backlog_stays_at_its_newest_event_and_a_live_one_follows_the_clock() -> None:
+    raw = ev(1, "page_view", 0, contact_id="c-1", props={"url": "/pricing"})
+    # A replay: the event is ten hours old when the worker reads it.
+    replay = Member(Cluster(), Engine(PARITY), range(N), settings=Settings(idle_timeout=2.0))
+    replay.cluster.publish([raw])
+    replay.now = T0 / US_PER_SECOND + 10 * 3600
+    run_members([replay], random.Random(0))
+    assert replay.proc.advance_watermark(replay.now) < T0  # not quiet yet: 5 s lateness
+    assert replay.proc.advance_watermark(replay.now + 3.0) == T0  # quiet: its newest event
+    # A live stream: the event is a minute old; once quiet, time follows the wall clock.
+    live = Member(Cluster(), Engine(PARITY), range(N), settings=Settings(idle_timeout=2.0))
+    live.cluster.publish([raw])
+    live.now = T0 / US_PER_SECOND + 60
+    run_members([live], random.Random(0))
+    wm = live.proc.advance_watermark(live.now + 3.0)
+    assert wm == int((live.now + 3.0) * US_PER_SECOND) - 5 * US_PER_SECOND

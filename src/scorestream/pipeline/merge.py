@@ -112,7 +112,7 @@ class Merger:
         self.highwater = highwater
         self.idle = idle
         self.expect_wait = expect_wait
-        self._heap: list[tuple[Key, int, Queue]] = []
+        self._heap: list[tuple[Key, int, Queue, Record]] = []
         self._seq = 0
         self.sources: dict[tuple[str, int], Source] = {}
         self.peers: dict[tuple[int, int], Queue] = {}
@@ -184,7 +184,33 @@ class Merger:
         self.buffered += 1
         if len(items) == 1:
             self._seq += 1
-            heapq.heappush(self._heap, (record.key, self._seq, queue))
+            heapq.heappush(self._heap, (record.key, self._seq, queue, record))
+
+    def insert(self, queue: Queue, record: Record) -> None:
+        """Put a record into a queue in key order (records from other workers).
+
+        Another worker's records come in its order of release, which is not ours when it
+        runs ahead: ordered by key, an identity hand-over it answers late still goes
+        before the later records it sent first.
+        """
+        items = queue.items
+        record.part = queue.partition
+        self.buffered += 1
+        key = record.key
+        if not items or items[-1].key <= key:
+            items.append(record)
+            if len(items) > 1:
+                return
+        else:
+            at = len(items) - 1
+            while at > 0 and items[at - 1].key > key:
+                at -= 1
+            items.insert(at, record)
+            if at > 0:
+                return
+        # A new head: the heap entry of the old one (if any) is stale from now on.
+        self._seq += 1
+        heapq.heappush(self._heap, (key, self._seq, queue, record))
 
     def arrived(self, source: Source, offset: int, now: float) -> None:
         """A message at ``offset`` was read from ``source`` (pushed, or handled at once)."""
@@ -198,21 +224,27 @@ class Merger:
     def pop(self, now: float) -> Record | None:
         """The next record to apply, or None if the gate is closed or nothing is buffered."""
         heap = self._heap
-        if not heap:
+        while heap:
+            entry = heap[0]
+            items = entry[2].items
+            if items and items[0] is entry[3]:
+                break
+            heapq.heappop(heap)  # stale: its record was overtaken by an inserted one
+        else:
             self._waiting(False, now)
             return None
-        key, _, queue = heap[0]
+        key, _, queue, _ = heap[0]
         if self._blocking or (self._expected_min is not None and key > self._expected_min):
             self._waiting(True, now)
             return None
         if self._wait_began is not None:
             self._waiting(False, now)
-        items = queue.items
         record = items.popleft()
         self.buffered -= 1
         if items:
             self._seq += 1
-            heapq.heapreplace(heap, (items[0].key, self._seq, queue))
+            head = items[0]
+            heapq.heapreplace(heap, (head.key, self._seq, queue, head))
         else:
             heapq.heappop(heap)
             source = queue.source
@@ -222,7 +254,14 @@ class Merger:
 
     def head(self) -> Key | None:
         """The key that would be released next (ignoring the gate)."""
-        return self._heap[0][0] if self._heap else None
+        heads = [q.items[0].key for q in self._queues() if q.items]
+        return min(heads) if heads else None
+
+    def _queues(self) -> Iterator[Queue]:
+        for source in self.sources.values():
+            if source.queue is not None:
+                yield source.queue
+        yield from self.peers.values()
 
     def gate(self) -> Key | None:
         """Up to which key records may be released now (None: no limit; MIN: none)."""

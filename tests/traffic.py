@@ -1,5 +1,8 @@
 """Seeded traffic for the live-vs-offline tests: journeys that exercise order.
 
+Shared by the unit tests (several processors over a fake cluster) and the integration
+tests (real broker).
+
 Visitors browse anonymously (blog, pricing, carts), many are identified by a form (an
 ``identify`` keyed by the contact, while their earlier events are keyed by the cookie,
 so the two usually live in different partitions), some keep browsing with only the
@@ -23,6 +26,8 @@ def journeys(
     start: str = "2026-03-02T08:00:00Z",
     hours: float = 6.0,
     late_share: float = 0.02,
+    cookie_after_identify: float = 0.3,
+    identify_delay: tuple[int, ...] = (0, 0, 1),
 ) -> list[dict[str, Any]]:
     """Events of ``people`` journeys in publishing order (mostly event-time order)."""
     rng = random.Random(seed)
@@ -44,62 +49,114 @@ def journeys(
         t = t0 + rng.randrange(span // 2)
         known = False
 
-        def who(use_cookie: bool = False) -> dict[str, str]:
-            if known and not use_cookie:
-                return {"contact_id": contact}
-            return {"anonymous_id": anon}
-
         for _ in range(rng.randrange(4, 16)):
             t += rng.choice([0, 0, 1, 5, 30, 120, 600, 1200])
             roll = rng.random()
-            cookie = known and rng.random() < 0.3  # still browsing under the cookie
+            cookie = known and rng.random() < cookie_after_identify  # still under the cookie
+            browse = _ids(known and not cookie, contact, anon)
+            ids = _ids(known, contact, anon)
             if roll < 0.35:
                 url = rng.choice(
                     ["/blog/a", "/blog/b", "/blog/c", "/pricing", "/pricing/team", "/"]
                 )
-                add(t, {"type": "page_view", **who(cookie), "properties": {"url": url}})
+                add(
+                    t,
+                    {
+                        "type": "page_view",
+                        **browse,
+                        "properties": {"url": url},
+                    },
+                )
             elif roll < 0.5:
                 kind = rng.choice(["cart_add", "cart_add", "product_compare", "checkout_start"])
                 props = {"product_id": f"p{rng.randrange(9)}", "value": rng.randrange(10, 500)}
-                add(t, {"type": kind, **who(cookie), "properties": props})
+                add(
+                    t,
+                    {
+                        "type": kind,
+                        **browse,
+                        "properties": props,
+                    },
+                )
                 if kind == "cart_add" and rng.random() < 0.3:
-                    add(t + rng.randrange(60, 3600), {"type": "cart_abandon", **who(cookie)})
+                    add(
+                        t + rng.randrange(60, 3600),
+                        {"type": "cart_abandon", **browse},
+                    )
             elif roll < 0.62 and not known:
                 form = rng.choice(["contact", "ebook", "webinar"])
-                add(t, {"type": "form_submit", **who(), "properties": {"form_id": form}})
+                add(
+                    t,
+                    {
+                        "type": "form_submit",
+                        **ids,
+                        "properties": {"form_id": form},
+                    },
+                )
                 if rng.random() < 0.85:
                     known = True
                     add(
-                        t + rng.choice([0, 0, 1]),
+                        t + rng.choice(identify_delay),
                         {"type": "identify", "contact_id": contact, "anonymous_id": anon},
                     )
             elif roll < 0.8 and known:
                 campaign = f"cmp-{rng.randrange(5)}"
-                add(t, {"type": "email_sent", **who(), "properties": {"campaign_id": campaign}})
+                add(
+                    t,
+                    {
+                        "type": "email_sent",
+                        **ids,
+                        "properties": {"campaign_id": campaign},
+                    },
+                )
                 if rng.random() < 0.5:
                     opened = t + rng.choice([0, 60, 900, 1800, 1801, 3000])
                     add(
                         opened,
-                        {"type": "email_open", **who(), "properties": {"campaign_id": campaign}},
+                        {
+                            "type": "email_open",
+                            **ids,
+                            "properties": {"campaign_id": campaign},
+                        },
                     )
                     if rng.random() < 0.5:
                         add(
                             opened + 5,
                             {
                                 "type": "email_click",
-                                **who(),
+                                **ids,
                                 "properties": {"campaign_id": campaign},
                             },
                         )
                 if rng.random() < 0.05:
-                    add(t + 7200, {"type": "email_unsubscribe", **who()})
+                    add(t + 7200, {"type": "email_unsubscribe", **ids})
             elif known or rng.random() < 0.3:
                 attrs: dict[str, Any] = {
                     "company_size": rng.choice([10, 150, 200, 900]),
                     "job_title": rng.choice(["CEO", "CTO", "Engineer", "VP Sales"]),
                     "country": rng.choice(["DE", "PL", None]),
                 }
-                add(t, {"type": "profile_update", **who(), "properties": {"attributes": attrs}})
+                add(
+                    t,
+                    {
+                        "type": "profile_update",
+                        **ids,
+                        "properties": {"attributes": attrs},
+                    },
+                )
+    if not cookie_after_identify:
+        # No event under a cookie dated at or after its identify (a delayed cart
+        # abandonment would be one): such events go to the contact id instead.
+        identified = {
+            raw["anonymous_id"]: (at, raw["contact_id"])
+            for at, _, raw in timed
+            if raw["type"] == "identify"
+        }
+        for at, _, raw in timed:
+            anon = raw.get("anonymous_id")
+            if raw["type"] != "identify" and anon in identified and at >= identified[anon][0]:
+                del raw["anonymous_id"]
+                raw["contact_id"] = identified[anon][1]
     timed.sort(key=lambda x: (x[0], x[1]))
     ordered = [raw for _, _, raw in timed]
     # Publish a few events late: after up to 40 newer events (of any topic).
@@ -108,3 +165,7 @@ def journeys(
         j = min(len(ordered) - 1, i + rng.randrange(1, 40))
         ordered.insert(j, ordered.pop(i))
     return ordered
+
+
+def _ids(as_contact: bool, contact: str, anon: str) -> dict[str, str]:
+    return {"contact_id": contact} if as_contact else {"anonymous_id": anon}
