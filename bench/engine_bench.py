@@ -21,12 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from scorestream.engine.events import decode_event, event_from_dict  # noqa: E402
-from scorestream.engine.population import Population  # noqa: E402
+from scorestream.engine.events import decode_event  # noqa: E402
 from scorestream.engine.rules import load_rules  # noqa: E402
 from scorestream.engine.scorer import Engine  # noqa: E402
 from scorestream.engine.timeutil import parse_ts  # noqa: E402
-from scorestream.offline import score_lines  # noqa: E402
+from scorestream.offline import DEFAULT_PARTITIONS, score_lines  # noqa: E402
+from scorestream.pipeline.processor import Processor  # noqa: E402
+from scorestream.pipeline.routing import partition_for, topic_for  # noqa: E402
+from scorestream.pipeline.store import MemoryStore  # noqa: E402
 from scorestream.simulate import Traffic  # noqa: E402
 
 
@@ -54,13 +56,34 @@ def generate(events: int, contacts: int) -> list[bytes]:
 def state_after_100_events(engine: Engine) -> int:
     """Bytes of one contact's state after 100 typical B2B events (the README figure)."""
     traffic = Traffic(1, seed=7, start_us=parse_ts("2026-03-01T00:00:00Z"), rate=0.001)
-    pop = Population(engine)
-    for n, ev in enumerate(traffic, start=1):
-        pop.process(event_from_dict(ev))
-        if n >= 100:
+    lines = []
+    for ev in traffic:
+        lines.append(json.dumps(ev).encode())
+        if len(lines) >= 100:
             break
-    (state,) = pop.states.values()
+    (state,) = score_lines(engine, iter(lines)).processor.states()
     return len(state.to_bytes())
+
+
+class _Discard:
+    """An emitter that drops outputs (the engine core measures scoring alone)."""
+
+    def crossing(self, crossing: object) -> None:
+        pass
+
+    def dlq(self, record: object) -> None:
+        pass
+
+    def repartition(self, partition: int, key: str, value: bytes) -> None:
+        raise AssertionError("every partition is local")
+
+
+def pipeline(rules: object) -> Processor:
+    """The offline processor, every partition local, in-memory stores."""
+    proc = Processor(Engine(rules), DEFAULT_PARTITIONS, _Discard(), highwater=lambda t, p: 0)  # type: ignore[arg-type]
+    for p in range(DEFAULT_PARTITIONS):
+        proc.assign(p, MemoryStore(), {})
+    return proc
 
 
 def main() -> None:
@@ -99,21 +122,28 @@ def main() -> None:
     gc.collect()
     gc.freeze()
 
+    routed = []
+    offsets: dict[tuple[str, int], int] = {}
+    for event in decoded:
+        topic = topic_for(event.type)
+        part = partition_for(event.key, DEFAULT_PARTITIONS)
+        offsets[(topic, part)] = offsets.get((topic, part), -1) + 1
+        routed.append((topic, part, offsets[(topic, part)], event))
+
     def engine_core() -> None:
-        pop = Population(Engine(rules))
-        process = pop.process
-        for event in decoded:
-            process(event)
+        proc = pipeline(rules)
+        receive = proc.receive_event
+        for topic, part, offset, event in routed:
+            receive(topic, part, offset, event, b"", 0.0)
+        proc.refresh(0.0)
+        proc.run(0.0)
 
     base = best_rate(n, baseline, args.repeat)
     dec = best_rate(n, decode_only, args.repeat)
     full = best_rate(n, engine_full, args.repeat)
     core = best_rate(n, engine_core, args.repeat)
 
-    pop = Population(Engine(rules))
-    for event in decoded:
-        pop.process(event)
-    sizes = [len(s.to_bytes()) for s in pop]
+    sizes = [len(s.to_bytes()) for s in score_lines(Engine(rules), iter(lines)).processor.states()]
     per_contact_100 = state_after_100_events(Engine(rules))
 
     print(f"{'loop':<42}{'events/s':>12}{'x baseline':>12}")
@@ -121,7 +151,7 @@ def main() -> None:
         ("baseline: json.loads + dict update", base),
         ("decode + validate (pydantic)", dec),
         ("engine: decode + score (scorestream score)", full),
-        ("engine core: score pre-decoded events", core),
+        ("engine core: merge + score pre-decoded", core),
     ):
         print(f"{name:<42}{rate:>12,.0f}{rate / base:>12.2f}")
     print(

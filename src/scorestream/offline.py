@@ -28,7 +28,7 @@ from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from scorestream.pipeline.processor import Processor
 from scorestream.pipeline.processor import Settings as ProcessorSettings
 from scorestream.pipeline.routing import INPUT_TOPICS, partition_for, topic_for
-from scorestream.pipeline.store import MemoryStore
+from scorestream.pipeline.store import ScratchStore
 from scorestream.settings import Settings
 
 #: partitions of the input topics when no declaration says otherwise
@@ -127,10 +127,10 @@ def score_lines(
         partitions,
         collect,
         highwater=_caught_up,
-        settings=ProcessorSettings(max_bytes=max_bytes),
+        settings=ProcessorSettings(max_bytes=max_bytes, schedule=False),
     )
     for number in range(partitions):
-        processor.assign(number, MemoryStore(), {})
+        processor.assign(number, ScratchStore(), {})
     run = OfflineRun(processor, at)
     # Contact states hold no reference cycles, so reference counting frees everything;
     # the cyclic collector would only rescan the growing population (measured: ~20% of

@@ -107,6 +107,9 @@ class Settings:
     merge_idle: float = 0.0
     #: seconds to wait for an identity hand-over from a partition on another worker
     identify_wait: float = 30.0
+    #: keep the index of contacts with something due, for :meth:`Processor.tick` (an
+    #: offline run advances every contact once at the end instead)
+    schedule: bool = True
 
 
 class Processor:
@@ -130,6 +133,7 @@ class Processor:
         #: unprefixed topic name -> name as the highwater function knows it
         self.real = topics or (lambda name: name)
         self._lateness_us = int(s.lateness * US_PER_SECOND)
+        self._schedule = s.schedule
         #: newest event time applied by this processor, and reported by other workers
         self.newest: int | None = None
         self.remote_newest: int | None = None
@@ -602,6 +606,8 @@ class Processor:
         emit = self.emit.crossing
         for crossing in crossings:
             emit(crossing)
+        if not self._schedule:
+            return
         due = self.engine.next_due(state) if state.alias is None else None
         key = state.key
         if due is None:

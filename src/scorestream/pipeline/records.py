@@ -17,6 +17,7 @@ path it took (exactly-once state, see :mod:`scorestream.pipeline.processor`).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Final
 
 import msgpack
@@ -35,6 +36,7 @@ CLOCK: Final = 4  # a remote partition's newest event time (repartition topic on
 Key = tuple[int, int, int, int, int]
 
 
+@lru_cache(maxsize=65_536)
 def stream_id(sender: int, origin_partition: int, origin_rank: int, hop: int = 0) -> str:
     """The stream a record belongs to (per contact, positions increase along it).
 

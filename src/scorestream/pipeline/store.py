@@ -232,3 +232,36 @@ class MemoryStore(CachedStore):
             state = self.get(key)
             if state is not None:
                 yield state
+
+
+class ScratchStore(MemoryStore):
+    """A memory store for a run that never checkpoints (``scorestream score``).
+
+    States stay objects in a dict; nothing is marked dirty, nothing is evicted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._states: dict[str, ContactState] = {}
+
+    def get(self, key: str) -> ContactState | None:
+        """The state of ``key``; None if unknown."""
+        return self._states.get(key)
+
+    def put(self, state: ContactState) -> None:
+        """Keep the state (there is no checkpoint to mark it for)."""
+        self._states[state.key] = state
+
+    def take_dirty(self) -> list[ContactState]:
+        """Nothing is ever dirty here."""
+        return []
+
+    @property
+    def cached(self) -> int:
+        """Every state is held."""
+        return len(self._states)
+
+    def states(self) -> Iterator[ContactState]:
+        """Every state, in key order."""
+        for key in sorted(self._states):
+            yield self._states[key]
