@@ -54,6 +54,7 @@ class Metrics(NamedTuple):
     merge_wait: Counter
     late_events: Counter
     merge_stalls: Counter
+    merge_rereads: Counter
     identify_awaited: Gauge
     identify_timeouts: Counter
 
@@ -185,6 +186,12 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             "scorestream_merge_stalls",
             "Inputs given up waiting for because their end offset never arrived "
             "(transaction markers)",
+            registry=reg,
+        ),
+        merge_rereads=Counter(
+            "scorestream_merge_rereads",
+            "Inputs read again from the offset the merge expected, after the consumer had "
+            "gone past records it never delivered",
             registry=reg,
         ),
         identify_awaited=Gauge(

@@ -117,14 +117,14 @@ class Settings:
         },
     )
     session_timeout: float = field(
-        default=10.0,
+        default=8.0,
         metadata={
             "doc": "consumer group session timeout: a worker that dies without a word gives "
             "up its partitions after this many seconds"
         },
     )
     heartbeat_interval: float = field(
-        default=3.0, metadata={"doc": "seconds between consumer group heartbeats"}
+        default=2.5, metadata={"doc": "seconds between consumer group heartbeats"}
     )
     cache_contacts: int = field(
         default=200_000, metadata={"doc": "contact states kept in memory per worker"}

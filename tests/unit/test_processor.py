@@ -180,7 +180,7 @@ def test_with_an_idle_wait_an_emptied_input_is_waited_for_that_long() -> None:
     assert proc.run(2.22) == 1
 
 
-def test_an_end_offset_that_never_arrives_stops_blocking_after_the_stall_time() -> None:
+def test_a_source_stuck_behind_its_end_is_read_again_then_given_up() -> None:
     cluster = Cluster()
     p = partition_for("c-1", N)
     cluster.publish([ev(1, "page_view", 0, contact_id="c-1", props={"url": "/"})])
@@ -193,9 +193,34 @@ def test_an_end_offset_that_never_arrives_stops_blocking_after_the_stall_time() 
     assert proc.run(1.0) == 0
     proc.refresh(1.0 + STALL_SECONDS / 2)
     assert proc.run(1.0 + STALL_SECONDS / 2) == 0
+    assert proc.merger.take_rereads() == []
+    # Nothing for the stall time: the consumer is asked to read it again from offset 0.
     proc.refresh(1.0 + STALL_SECONDS + 0.01)
-    assert proc.run(1.0 + STALL_SECONDS + 0.01) == 1
+    assert proc.run(1.0 + STALL_SECONDS + 0.01) == 0
+    rereads = proc.merger.take_rereads()
+    assert [(s.topic, s.partition, s.received) for s in rereads] == [("events.email", p, 0)]
+    # The re-read brings nothing either: the offsets hold no records; stop waiting.
+    proc.refresh(1.0 + 2 * STALL_SECONDS + 0.02)
+    assert proc.run(1.0 + 2 * STALL_SECONDS + 0.02) == 1
     assert proc.merger.stalls == 1
+    assert proc.merger.take_rereads() == []
+
+
+def test_a_re_read_brings_the_records_a_consumer_skipped() -> None:
+    cluster = Cluster()
+    p = partition_for("c-1", N)
+    cluster.publish([ev(1, "page_view", 0, contact_id="c-1", props={"url": "/"})])
+    cluster.publish([ev(2, "email_sent", 1, contact_id="c-1", props={"campaign_id": "k"})])
+    member = Member(cluster, Engine(PARITY), range(N))
+    proc = member.proc
+    proc.refresh(1.0)
+    proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 1.0)
+    proc.refresh(1.0 + STALL_SECONDS + 0.01)
+    (source,) = proc.merger.take_rereads()
+    # The re-read delivers the e-mail the consumer had skipped: both are applied, in order.
+    proc.receive("events.email", p, source.received, cluster.logs[("events.email", p)][0], 4.0)
+    assert proc.run(4.0) == 2
+    assert proc.merger.stalls == 0
 
 
 # ------------------------------------------------------------------ identity

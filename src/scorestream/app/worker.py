@@ -153,7 +153,7 @@ class Runtime:
             self.metrics.event_delay.observe(now - proc.last_ts / US_PER_SECOND)
         self.metrics.processing.observe(time.perf_counter() - start)
 
-    def pump(self) -> None:
+    async def pump(self) -> None:
         """Look again at what the merge waits for; apply what it then releases."""
         now = time.time()
         proc = self.processor
@@ -161,6 +161,18 @@ class Runtime:
         proc.run(now, RUN_LIMIT * 5)
         if self._paused:
             self._resume_drained()
+        for source in proc.merger.take_rereads():
+            # The consumer is past records the merge never got (Faust can drop a fetched
+            # message around a rebalance): read them again from the offset expected.
+            log.warning(
+                "%s[%d]: nothing from offset %d although the log goes further; reading again",
+                source.topic,
+                source.partition,
+                source.received,
+            )
+            self.metrics.merge_rereads.inc()
+            consumer: Any = self.app.consumer
+            await consumer.seek(TP(source.topic, source.partition), source.received)
         self.outputs.poll()
 
     def _pause(self, tp: TP) -> None:
@@ -241,7 +253,14 @@ class Runtime:
             "watermark": proc.watermark if proc.watermark > MIN_TS else None,
             "merge": {
                 "buffered": merger.buffered,
-                "waiting_for": [f"{s.topic}[{s.partition}]" for s in merger.blocking],
+                "waiting_for": [
+                    {
+                        "source": f"{s.topic}[{s.partition}]",
+                        "received": s.received,
+                        "end": merger.highwater(s.topic, s.partition),
+                    }
+                    for s in merger.blocking
+                ],
                 "handovers_awaited": merger.expected,
             },
             "rules_version": self.engine.rules.version,
@@ -407,7 +426,7 @@ class Runtime:
             while True:
                 await asyncio.sleep(PUMP_WAITING if runtime.waiting() else PUMP_IDLE)
                 if runtime.ready:
-                    runtime.pump()
+                    await runtime.pump()
 
         async def watch_loop() -> None:
             while True:

@@ -38,8 +38,10 @@ from scorestream.pipeline.records import Key, Record
 #: (topic, partition) -> high-water mark (next offset to be written), None if unknown
 HighWater = Callable[[str, int], int | None]
 
-#: A source whose high-water mark stays beyond what arrives (transaction markers take
-#: offsets but are never delivered) stops blocking after this many seconds without records.
+#: Seconds a source may stay behind its high-water mark with nothing arriving before the
+#: merge asks for it to be read again from the offset it expects (the consumer lost a
+#: message: seen with Faust around rebalances); if a second wait brings nothing either,
+#: the remaining offsets hold no records (transaction markers) and it stops blocking.
 STALL_SECONDS = 2.0
 
 
@@ -70,6 +72,8 @@ class Source:
         "partition",
         "queue",
         "received",
+        "reread_at",
+        "skipped_at",
         "topic",
     )
 
@@ -86,6 +90,9 @@ class Source:
         #: when the source last started to block for unread records (stall detection)
         self.lag_since = 0.0
         self.last_arrival = 0.0
+        #: the high-water mark at which a re-read was asked for / offsets were given up
+        self.reread_at = -1
+        self.skipped_at = -1
 
     def __repr__(self) -> str:
         return f"Source({self.topic}[{self.partition}]@{self.received}, blocking={self.blocking})"
@@ -128,6 +135,8 @@ class Merger:
         self.expect_timeouts = 0
         #: sources that stopped blocking because their high-water mark never arrived
         self.stalls = 0
+        #: sources to read again from their ``received`` offset (see STALL_SECONDS)
+        self.rereads: list[Source] = []
 
     # ------------------------------------------------------------------ topology
 
@@ -293,15 +302,23 @@ class Merger:
             high = self.highwater(source.topic, source.partition)
             if high is None:
                 blocking = True  # never fetched: it may hold anything
-            elif high > source.received:
-                # Records are in Kafka but not here yet: wait for them, unless nothing has
-                # come for a while although the mark says so (transaction markers).
+            elif high > source.received and high != source.skipped_at:
+                # Records are in Kafka but not here yet: wait for them. If nothing comes
+                # for a while, ask for a re-read from the offset expected; if that brings
+                # nothing either, what is left holds no records (transaction markers).
                 if not source.blocking or source.lag_since == 0.0:
                     source.lag_since = now
                 quiet_since = max(source.lag_since, source.last_arrival)
-                blocking = now - quiet_since < STALL_SECONDS
-                if not blocking:
-                    self.stalls += 1
+                blocking = True
+                if now - quiet_since >= STALL_SECONDS:
+                    if source.reread_at != high:
+                        source.reread_at = high
+                        source.lag_since = now
+                        self.rereads.append(source)
+                    else:
+                        source.skipped_at = high
+                        blocking = False
+                        self.stalls += 1
             else:
                 blocking = queue is not None and now < source.idle_until
         if not blocking:
@@ -312,6 +329,11 @@ class Merger:
                 self._blocking.add(source)
             else:
                 self._blocking.discard(source)
+
+    def take_rereads(self) -> list[Source]:
+        """Sources the consumer should read again from their ``received`` offset."""
+        rereads, self.rereads = self.rereads, []
+        return rereads
 
     def refresh(self, now: float) -> None:
         """Look again at every source (new high-water marks) and at expected records."""
