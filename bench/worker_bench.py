@@ -36,17 +36,25 @@ from confluent_kafka.admin import AdminClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from scorestream.app.worker import INPUT_TOPICS  # noqa: E402
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts  # noqa: E402
+from scorestream.pipeline.routing import INPUT_TOPICS, topic_for  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
-from scorestream.simulate import Traffic, topic_for  # noqa: E402
+from scorestream.simulate import Traffic  # noqa: E402
 from scorestream.topics import apply, load_declarations  # noqa: E402
 
 PYTHON = sys.executable
 
 
 def produce_all(bootstrap: str, prefix: str, events: list[dict[str, Any]]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5})
+    # Idempotent: a retried batch must not land after later ones (order matters).
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "linger.ms": 5,
+            "enable.idempotence": True,
+        }
+    )
     for i, ev in enumerate(events):
         key = (ev.get("contact_id") or ev["anonymous_id"]).encode()
         while True:

@@ -206,6 +206,30 @@ def test_a_source_stuck_behind_its_end_is_read_again_then_given_up() -> None:
     assert proc.merger.take_rereads() == []
 
 
+def test_a_message_after_a_gap_is_refused_once_and_the_source_read_again() -> None:
+    cluster = Cluster()
+    p = partition_for("c-1", N)
+    cluster.publish([ev(i, "page_view", i, contact_id="c-1", props={"url": "/"}) for i in range(3)])
+    member = Member(cluster, Engine(PARITY), range(N))
+    proc = member.proc
+    log = cluster.logs[("events.page_view", p)]
+    proc.refresh(1.0)
+    # Offset 2 comes first (a stale message, 0 and 1 were lost): refused, re-read asked.
+    proc.receive("events.page_view", p, 2, log[2], 1.0)
+    assert [(s.topic, s.received) for s in proc.merger.take_rereads()] == [("events.page_view", 0)]
+    for offset in range(3):
+        proc.receive("events.page_view", p, offset, log[offset], 1.1)
+    assert proc.run(1.1) == 3
+    # A gap that comes again (offsets without records) is taken the second time.
+    cluster.publish_raw("events.page_view", p, None)  # offset 3: never delivered
+    cluster.publish([ev(9, "page_view", 9, contact_id="c-1", props={"url": "/"})])
+    proc.receive("events.page_view", p, 4, log[4], 1.2)
+    assert len(proc.merger.take_rereads()) == 1
+    proc.receive("events.page_view", p, 4, log[4], 1.3)
+    assert proc.merger.take_rereads() == []
+    assert proc.run(1.3) == 1
+
+
 def test_a_re_read_brings_the_records_a_consumer_skipped() -> None:
     cluster = Cluster()
     p = partition_for("c-1", N)

@@ -140,9 +140,7 @@ class Runtime:
         start = time.perf_counter()
         now = time.time()
         proc = self.processor
-        declared = self.topology.declared(topic)
-        proc.receive(declared, partition, offset, value, now)
-        source = proc.source(topic, partition)
+        source = proc.receive(topic, partition, offset, value, now)
         if (
             source is not None
             and source.queue is not None
@@ -162,10 +160,10 @@ class Runtime:
         if self._paused:
             self._resume_drained()
         for source in proc.merger.take_rereads():
-            # The consumer is past records the merge never got (Faust can drop a fetched
-            # message around a rebalance): read them again from the offset expected.
+            # The consumer went past records the merge never got, or delivered a later
+            # offset first (Faust, around rebalances): read again from the offset expected.
             log.warning(
-                "%s[%d]: nothing from offset %d although the log goes further; reading again",
+                "%s[%d]: records from offset %d did not arrive in order; reading again",
                 source.topic,
                 source.partition,
                 source.received,

@@ -66,19 +66,33 @@ class Source:
 
     __slots__ = (
         "blocking",
+        "gap_at",
         "idle_until",
         "lag_since",
         "last_arrival",
+        "name",
         "partition",
         "queue",
+        "rank",
         "received",
         "reread_at",
         "skipped_at",
         "topic",
     )
 
-    def __init__(self, topic: str, partition: int, received: int, queue: Queue | None) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        received: int,
+        queue: Queue | None,
+        name: str = "",
+        rank: int = 0,
+    ) -> None:
         self.topic = topic
+        #: the topic's declared name (without prefix) and tie rank
+        self.name = name or topic
+        self.rank = rank
         self.partition = partition
         #: next offset expected from Kafka
         self.received = received
@@ -93,6 +107,8 @@ class Source:
         #: the high-water mark at which a re-read was asked for / offsets were given up
         self.reread_at = -1
         self.skipped_at = -1
+        #: an offset that came when an earlier one was expected (accepted if it comes again)
+        self.gap_at = -1
 
     def __repr__(self) -> str:
         return f"Source({self.topic}[{self.partition}]@{self.received}, blocking={self.blocking})"
@@ -124,6 +140,8 @@ class Merger:
         self.sources: dict[tuple[str, int], Source] = {}
         self.peers: dict[tuple[int, int], Queue] = {}
         self._blocking: set[Source] = set()
+        #: sources that emptied and are looked at only when something waits to be released
+        self._unchecked: set[Source] = set()
         self._expected: dict[str, Expected] = {}
         self._expected_min: Key | None = None
         #: records in all queues
@@ -141,20 +159,29 @@ class Merger:
     # ------------------------------------------------------------------ topology
 
     def add_partition(
-        self, partition: int, topics: Iterable[str], repartition: str, start: dict[str, int]
+        self,
+        partition: int,
+        topics: Iterable[tuple[str, str]],
+        repartition: tuple[str, str],
+        start: dict[str, int],
     ) -> None:
-        """Start merging a partition's input topics (from the ``start`` offsets)."""
-        for topic in topics:
+        """Start merging a partition's input topics (from the ``start`` offsets).
+
+        Topics are (real name, declared name) pairs, input topics in tie-rank order;
+        ``start`` is keyed by declared name.
+        """
+        for rank, (topic, name) in enumerate(topics):
             queue = Queue(partition, topic, None)
-            source = Source(topic, partition, start.get(topic, 0), queue)
+            source = Source(topic, partition, start.get(name, 0), queue, name, rank)
             queue.source = source
             self.sources[(topic, partition)] = source
             source.blocking = True  # nothing is known until the consumer has fetched once
             self._blocking.add(source)
-        rep = Source(repartition, partition, start.get(repartition, 0), None)
+        real, name = repartition
+        rep = Source(real, partition, start.get(name, 0), None, name)
         rep.blocking = True
         self._blocking.add(rep)
-        self.sources[(repartition, partition)] = rep
+        self.sources[(real, partition)] = rep
 
     def remove_partition(self, partition: int) -> list[Record]:
         """Stop merging a partition; return its peer queues' records (oldest first)."""
@@ -162,6 +189,7 @@ class Merger:
         for key in [k for k in self.sources if k[1] == partition]:
             source = self.sources.pop(key)
             self._blocking.discard(source)
+            self._unchecked.discard(source)
             if source.queue is not None:
                 self.buffered -= len(source.queue.items)
         for pair in [k for k in self.peers if k[0] == partition]:
@@ -221,11 +249,34 @@ class Merger:
         self._seq += 1
         heapq.heappush(self._heap, (key, self._seq, queue, record))
 
+    def in_order(self, source: Source, offset: int) -> bool:
+        """Whether a message at ``offset`` is the next one of ``source``.
+
+        An earlier offset is a redelivery (already read). A later one skips offsets:
+        possibly a stale message from before a rebalance while the ones before it were
+        lost, so the source is read again from the offset expected; if that brings the
+        same offset again, the skipped offsets hold no records and it is taken.
+        """
+        received = source.received
+        if offset == received:
+            return True
+        if offset < received:
+            return False
+        if source.gap_at == offset:
+            source.gap_at = -1
+            return True
+        source.gap_at = offset
+        self.rereads.append(source)
+        return False
+
     def arrived(self, source: Source, offset: int, now: float) -> None:
         """A message at ``offset`` was read from ``source`` (pushed, or handled at once)."""
         source.received = offset + 1
         source.last_arrival = now
-        if source.blocking and (source.queue is None or source.queue.items):
+        queue = source.queue
+        if queue is not None and queue.items:
+            self._unchecked.discard(source)
+        if source.blocking and (queue is None or queue.items):
             self._check(source, now)
 
     # ------------------------------------------------------------------ release
@@ -242,6 +293,13 @@ class Merger:
         else:
             self._waiting(False, now)
             return None
+        if self._unchecked:
+            # Something waits to be released: now it matters whether an input that emptied
+            # still has records in Kafka (looked at lazily: the usual emptied input gets
+            # its next message before anything else waits).
+            for source in self._unchecked:
+                self._check(source, now)
+            self._unchecked.clear()
         key, _, queue, _ = heap[0]
         if self._blocking or (self._expected_min is not None and key > self._expected_min):
             self._waiting(True, now)
@@ -274,7 +332,7 @@ class Merger:
 
     def gate(self) -> Key | None:
         """Up to which key records may be released now (None: no limit; MIN: none)."""
-        if self._blocking:
+        if self._blocking or self._unchecked:
             return _CLOSED
         return self._expected_min
 
@@ -291,7 +349,7 @@ class Merger:
     def _emptied(self, source: Source, now: float) -> None:
         if self.idle > 0:
             source.idle_until = now + self.idle
-        self._check(source, now)
+        self._unchecked.add(source)
 
     def _check(self, source: Source, now: float) -> None:
         """Decide whether ``source`` blocks the release of buffered records."""
@@ -339,6 +397,7 @@ class Merger:
         """Look again at every source (new high-water marks) and at expected records."""
         for source in self.sources.values():
             self._check(source, now)
+        self._unchecked.clear()
         if self._expected:
             for token in [t for t, e in self._expected.items() if e.deadline <= now]:
                 del self._expected[token]
@@ -347,12 +406,13 @@ class Merger:
 
     @property
     def blocked(self) -> bool:
-        """Whether some source blocks the release now."""
-        return bool(self._blocking)
+        """Whether some source blocks the release now (or has not been looked at since
+        it emptied)."""
+        return bool(self._blocking or self._unchecked)
 
     @property
     def blocking(self) -> list[Source]:
-        """Sources the release waits for now."""
+        """Sources the release waits for now (as last looked at)."""
         return sorted(self._blocking, key=lambda s: (s.partition, s.topic))
 
     # ------------------------------------------------------------------ expected records

@@ -134,6 +134,9 @@ class Processor:
         self.real = topics or (lambda name: name)
         self._lateness_us = int(s.lateness * US_PER_SECOND)
         self._schedule = s.schedule
+        self._max_bytes = s.max_bytes
+        #: real topic name -> declared name
+        self._declared = {self.real(t): t for t in (*INPUT_TOPICS, REPARTITION)}
         #: newest event time applied by this processor, and reported by other workers
         self.newest: int | None = None
         self.remote_newest: int | None = None
@@ -162,9 +165,9 @@ class Processor:
         self.parts[number] = part
         self.merger.add_partition(
             number,
-            [self.real(t) for t in INPUT_TOPICS],
-            self.real(REPARTITION),
-            {self.real(t): off for t, off in committed.items()},
+            [(self.real(t), t) for t in INPUT_TOPICS],
+            (self.real(REPARTITION), REPARTITION),
+            committed,
         )
         # Records other partitions already sent here in memory wait in the merger; a
         # (re)assigned partition starts with empty peer queues: the senders' offsets
@@ -195,45 +198,31 @@ class Processor:
         return self.merger.sources.get((topic, partition))
 
     def receive(
-        self, topic: str, partition: int, offset: int, value: bytes | None, now: float
-    ) -> None:
-        """Queue one consumed message (``topic`` unprefixed) for release in event-time order."""
+        self, real_topic: str, partition: int, offset: int, value: bytes | None, now: float
+    ) -> Source | None:
+        """Queue one consumed message (its topic's real name) for release in event order.
+
+        Returns the message's source (None if this processor does not own it).
+        """
         merger = self.merger
-        source = merger.sources.get((self.real(topic), partition))
-        if source is None or offset < source.received:
-            self._count(topic, "unassigned" if source is None else "replayed")
-            return
+        source = merger.sources.get((real_topic, partition))
+        if source is None:
+            self._count(self._declared.get(real_topic, real_topic), "unassigned")
+            return None
+        topic = source.name
+        if not merger.in_order(source, offset):
+            self._count(topic, "replayed")
+            return source
         if topic == REPARTITION:
             self._receive_envelope(source, partition, offset, value or b"", now)
-            return
-        rank = _RANK[topic]
+            return source
+        rank = source.rank
         anchor = (partition, topic, offset)
-        if value is None:
-            record = Record(
-                INVALID,
-                (MIN_TS, rank, partition, offset, 0),
-                "",
-                partition,
-                topic=topic,
-                offset=offset,
-                anchor=anchor,
-                reason="empty message (no value)",
-            )
-        else:
+        if value is not None:
             try:
-                event = decode_event(value, self.settings.max_bytes)
+                event = decode_event(value, self._max_bytes)
             except InvalidEvent as exc:
-                record = Record(
-                    INVALID,
-                    (MIN_TS, rank, partition, offset, 0),
-                    "",
-                    partition,
-                    raw=value,
-                    topic=topic,
-                    offset=offset,
-                    anchor=anchor,
-                    reason=exc.reason,
-                )
+                reason = exc.reason
             else:
                 record = Record(
                     EVENT,
@@ -246,10 +235,25 @@ class Processor:
                     offset=offset,
                     anchor=anchor,
                 )
-        queue = source.queue
-        assert queue is not None
-        merger.push(queue, record)
+                merger.push(source.queue, record)  # type: ignore[arg-type]
+                merger.arrived(source, offset, now)
+                return source
+        else:
+            reason = "empty message (no value)"
+        record = Record(
+            INVALID,
+            (MIN_TS, rank, partition, offset, 0),
+            "",
+            partition,
+            raw=value or b"",
+            topic=topic,
+            offset=offset,
+            anchor=anchor,
+            reason=reason,
+        )
+        merger.push(source.queue, record)  # type: ignore[arg-type]
         merger.arrived(source, offset, now)
+        return source
 
     def receive_event(
         self, topic: str, partition: int, offset: int, event: AnyEvent, raw: bytes, now: float
@@ -309,10 +313,13 @@ class Processor:
 
     def run(self, now: float, limit: int = 0) -> int:
         """Apply what the merge releases (at most ``limit`` records if > 0); return how many."""
-        pop = self.merger.pop
+        merger = self.merger
+        if not merger.buffered:
+            return 0
+        pop = merger.pop
         apply = self._apply
         done = 0
-        while True:
+        while merger.buffered:
             record = pop(now)
             if record is None:
                 break
