@@ -297,8 +297,8 @@ class Merger:
             # Something waits to be released: now it matters whether an input that emptied
             # still has records in Kafka (looked at lazily: the usual emptied input gets
             # its next message before anything else waits).
-            for source in self._unchecked:
-                self._check(source, now)
+            for emptied in self._unchecked:
+                self._check(emptied, now)
             self._unchecked.clear()
         key, _, queue, _ = heap[0]
         if self._blocking or (self._expected_min is not None and key > self._expected_min):
