@@ -1,0 +1,110 @@
+"""The state-store contract, for the RocksDB store and the memory store alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scorestream.app.rocks import RocksStore
+from scorestream.engine.state import ContactState
+from scorestream.pipeline.store import (
+    CachedStore,
+    MemoryStore,
+    ScratchStore,
+    decode_value,
+    due_of,
+    encode_value,
+)
+
+
+@pytest.fixture(params=["rocks", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CachedStore]:
+    made: CachedStore
+    if request.param == "rocks":
+        made = RocksStore(tmp_path / "p0", block_cache_mb=8, cache_size=2)
+    else:
+        made = MemoryStore(cache_size=2)
+    yield made
+    made.close()
+
+
+def state(key: str, clock: int) -> ContactState:
+    s = ContactState(key)
+    s.clock = clock
+    s.marks = {"0:0:1": clock}
+    return s
+
+
+def test_a_value_carries_its_due_time_and_the_state(store: CachedStore) -> None:
+    value = encode_value(state("c-1", 5), due=99)
+    assert due_of(value) == 99
+    assert decode_value(value) == state("c-1", 5)
+    assert due_of(encode_value(state("c-1", 5), None)) is None
+
+
+def test_changed_states_are_dirty_until_a_checkpoint_settles_them(store: CachedStore) -> None:
+    store.put(state("c-2", 2))
+    store.put(state("c-1", 1))
+    taken = store.take_dirty()
+    assert [s.key for s in taken] == ["c-1", "c-2"]  # key order
+    assert store.take_dirty() == []
+    store.settle(["c-1", "c-2"], written=False)  # the commit failed: dirty again
+    assert [s.key for s in store.take_dirty()] == ["c-1", "c-2"]
+    store.write([(b"c-1", encode_value(state("c-1", 1), None))], {"changelog_offset": 7})
+    store.settle(["c-1", "c-2"], written=True)
+    assert store.take_dirty() == []
+    assert store.meta() == {"changelog_offset": 7}
+
+
+def test_dirty_states_are_never_evicted_from_the_cache(store: CachedStore) -> None:
+    for i in range(5):
+        store.put(state(f"c-{i}", i))
+    # cache_size is 2, but nothing was written yet: every state must still be there.
+    assert [store.get(f"c-{i}") for i in range(5)] == [state(f"c-{i}", i) for i in range(5)]
+
+
+def test_written_states_come_back_after_the_cache_drops_them(store: CachedStore) -> None:
+    items = [
+        (f"c-{i}".encode(), encode_value(state(f"c-{i}", i), i * 10 or None)) for i in range(4)
+    ]
+    store.write(items, {"changelog_offset": 4})
+    store.drop_cache()
+    assert store.get("c-3") == state("c-3", 3)
+    assert store.get("nobody") is None
+    assert sorted(store.dues()) == [("c-1", 10), ("c-2", 20), ("c-3", 30)]
+
+
+def test_recovery_writes_records_and_tombstones(store: CachedStore) -> None:
+    store.apply_changelog(
+        [(b"c-1", encode_value(state("c-1", 1), None)), (b"c-2", encode_value(state("c-2", 2), 5))],
+        {"changelog_offset": 2},
+    )
+    store.apply_changelog([(b"c-1", None)], {"changelog_offset": 3})
+    store.drop_cache()
+    assert store.get("c-1") is None
+    assert store.get("c-2") == state("c-2", 2)
+    assert store.meta() == {"changelog_offset": 3}
+
+
+def test_the_rocks_store_keeps_its_data_across_a_reopen(tmp_path: Path) -> None:
+    first = RocksStore(tmp_path / "p1", block_cache_mb=8)
+    first.write([(b"c-9", encode_value(state("c-9", 9), None))], {"changelog_offset": 1})
+    first.close()
+    again = RocksStore(tmp_path / "p1", block_cache_mb=8)
+    try:
+        assert again.get("c-9") == state("c-9", 9)
+        assert again.meta() == {"changelog_offset": 1}
+    finally:
+        again.destroy()
+    assert not (tmp_path / "p1").exists()
+
+
+def test_the_scratch_store_keeps_objects_and_never_marks_them() -> None:
+    scratch = ScratchStore()
+    scratch.put(state("c-2", 2))
+    scratch.put(state("c-1", 1))
+    assert scratch.take_dirty() == []
+    assert [s.key for s in scratch.states()] == ["c-1", "c-2"]
+    assert scratch.cached == 2
