@@ -87,14 +87,19 @@ def test_one_worker_gives_the_offline_result_whatever_the_read_order(seed: int) 
     raws = journeys(60, seed=seed)
     run = offline(raws)
     assert run.at is not None
-    cluster = Cluster()
-    cluster.publish(raws)
-    member = Member(cluster, Engine(PARITY), range(N))
-    run_members([member], random.Random(seed))
-    live = finish([member], run.at)
-    assert live == {c.crossing_id: c.to_dict() for c in run.crossings}
+    member = live(raws, seed)
+    assert finish([member], run.at) == {c.crossing_id: c.to_dict() for c in run.crossings}
     assert scores([member], run) == expected_scores(run)
     assert member.proc.late == run.processor.late
+
+
+def live(raws: list[dict[str, Any]], seed: int, partitions: Any = range(N)) -> Member:
+    """One processor reading the published events in a seeded random order."""
+    cluster = Cluster()
+    cluster.publish(raws)
+    member = Member(cluster, Engine(PARITY), partitions)
+    run_members([member], random.Random(seed))
+    return member
 
 
 def test_events_out_of_order_on_different_topics_are_applied_in_time_order() -> None:
@@ -108,11 +113,7 @@ def test_events_out_of_order_on_different_topics_are_applied_in_time_order() -> 
     run = offline(raws)
     assert run.processor.late == 0
     assert expected_scores(run)["c-1"][0]["engagement"] == 0.0
-    cluster = Cluster()
-    cluster.publish(raws)
-    member = Member(cluster, Engine(PARITY), range(N))
-    run_members([member], random.Random(5))
-    assert scores([member], run) == expected_scores(run)
+    assert scores([live(raws, 5)], run) == expected_scores(run)
 
 
 def test_an_event_late_in_its_own_topic_is_scored_late() -> None:

@@ -224,19 +224,7 @@ class Processor:
             except InvalidEvent as exc:
                 reason = exc.reason
             else:
-                record = Record(
-                    EVENT,
-                    (event.ts, rank, partition, offset, 0),
-                    event.key,
-                    partition,
-                    event=event,
-                    raw=value,
-                    topic=topic,
-                    offset=offset,
-                    anchor=anchor,
-                )
-                merger.push(source.queue, record)  # type: ignore[arg-type]
-                merger.arrived(source, offset, now)
+                self._queue_event(source, offset, event, value, now)
                 return source
         else:
             reason = "empty message (no value)"
@@ -259,23 +247,27 @@ class Processor:
         self, topic: str, partition: int, offset: int, event: AnyEvent, raw: bytes, now: float
     ) -> None:
         """Queue an already decoded event (offline: the file was validated while routing)."""
-        source = self.merger.sources[(self.real(topic), partition)]
-        queue = source.queue
-        assert queue is not None
-        self.merger.push(
-            queue,
-            Record(
-                EVENT,
-                (event.ts, _RANK[topic], partition, offset, 0),
-                event.key,
-                partition,
-                event=event,
-                raw=raw,
-                topic=topic,
-                offset=offset,
-                anchor=(partition, topic, offset),
-            ),
+        self._queue_event(
+            self.merger.sources[(self.real(topic), partition)], offset, event, raw, now
         )
+
+    def _queue_event(
+        self, source: Source, offset: int, event: AnyEvent, raw: bytes, now: float
+    ) -> None:
+        partition = source.partition
+        topic = source.name
+        record = Record(
+            EVENT,
+            (event.ts, source.rank, partition, offset, 0),
+            event.key,
+            partition,
+            event=event,
+            raw=raw,
+            topic=topic,
+            offset=offset,
+            anchor=(partition, topic, offset),
+        )
+        self.merger.push(source.queue, record)  # type: ignore[arg-type]
         self.merger.arrived(source, offset, now)
 
     def _receive_envelope(
