@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## setup: virtualenv, Python packages and the Kafka jars
+## setup: virtualenv, Python packages, the Kafka jars, Prometheus and Chromium (apt)
 setup: $(STAMP)
 	$(BIN)/scorestream broker fetch
+	./scripts/system-deps
 
 ## demo: local broker + topics + worker + simulated traffic; prints sales-ready leads
 demo: setup
