@@ -41,8 +41,20 @@ unit: $(STAMP)
 integration: setup
 	$(BIN)/pytest -m integration
 
-bench: setup
+# The quix-streams peer of bench/worker_bench.py has a virtualenv of its own: quix-streams
+# pins Kafka client versions of its own, and the project must not depend on it.
+PEER := .venv-peer
+$(PEER)/.installed: pyproject.toml
+	test -x $(PEER)/bin/python || $(PY) -m venv $(PEER)
+	$(PEER)/bin/pip install --quiet --upgrade pip
+	$(PEER)/bin/pip install --quiet 'quixstreams==3.28.1' -e .
+	touch $@
+
+## bench: engine and worker benchmarks (the worker's against Faust and a quix-streams peer)
+bench: setup $(PEER)/.installed
 	$(BIN)/python bench/engine_bench.py
+	$(BIN)/scorestream broker start
+	$(BIN)/python bench/worker_bench.py
 
 broker-start: setup
 	$(BIN)/scorestream broker start
@@ -53,4 +65,4 @@ broker-stop: $(STAMP)
 # Stops the local broker first: var/ holds its data and pid file.
 clean:
 	if [ -x $(BIN)/scorestream ]; then $(BIN)/scorestream broker stop; fi
-	rm -rf $(VENV) var build dist src/*.egg-info
+	rm -rf $(VENV) $(PEER) var build dist src/*.egg-info
