@@ -187,7 +187,7 @@ def run_worker(bootstrap: str, prefix: str, n: int, tmp: Path, port: int) -> tup
             break
         time.sleep(0.02)
     assert first is not None and done is not None, (tmp / "worker.log").read_text()[-3000:]
-    return n / (done - first), proc
+    return n / max(done - first, 1e-3), proc
 
 
 def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[str, float]:

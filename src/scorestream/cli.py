@@ -154,6 +154,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0, help="stop after this many idle seconds")
     p.set_defaults(handler=_lazy("scorestream.leads:leads_command"))
 
+    p = sub.add_parser(
+        "board",
+        help="serve the lead board for sales people (a web page)",
+        description="Serve the lead board on SCORESTREAM_BOARD_HOST:BOARD_PORT: the hottest "
+        "contacts per model, crossings as they arrive, search, one contact's history and "
+        "explanation. Reads contacts.scores and leads.sales_ready, and a worker's API.",
+    )
+    p.set_defaults(handler=_lazy("scorestream.board.server:board_command"))
+
+    p = sub.add_parser(
+        "collect",
+        help="the HTTP collector for website trackers (serves tracker.js)",
+        description="Take events over HTTP (POST /v1/events), validate them like the worker, "
+        "produce them to Kafka (acks=all) and answer once Kafka has them. Serves tracker.js, "
+        "/metrics and /healthz on SCORESTREAM_COLLECTOR_HOST:COLLECTOR_PORT; sites and write "
+        "keys come from SCORESTREAM_COLLECTOR_SITES.",
+    )
+    p.set_defaults(handler=_lazy("scorestream.collector.app:collect_command"))
+
     broker = sub.add_parser("broker", help="a local single-node Kafka for development and tests")
     broker_sub = broker.add_subparsers(dest="broker_command", metavar="SUBCOMMAND", required=True)
     for name, text in (

@@ -58,6 +58,31 @@ def event_producer(settings: Settings) -> dict[str, Any]:
     }
 
 
+def collector_producer(settings: Settings) -> dict[str, Any]:
+    """The HTTP collector's producer (``scorestream collect``).
+
+    It answers a browser only once Kafka has the events, so: ``acks=all``, idempotent
+    (retries after a broker restart neither duplicate nor reorder what was accepted), the
+    Java client's partitioner (a contact's events land where its state is). A delivery
+    report comes at the latest after ``COLLECTOR_PRODUCE_TIMEOUT``; then the collector
+    answers 503. Statistics every second tell it when a broker is reachable again.
+    """
+    return {
+        **base(settings),
+        "acks": "all",
+        "enable.idempotence": True,
+        "partitioner": "murmur2_random",
+        # Every answer waits for its acknowledgement, so a linger would add to each one;
+        # requests still batch while earlier ones are in flight (bench/collector_bench.py:
+        # batches of 20 went 4,500-5,600 events/s with 2 ms, 6,600-9,400 with 0).
+        "linger.ms": 0,
+        "message.timeout.ms": max(1, int(settings.collector_produce_timeout * 1000)),
+        # librdkafka's own queue must hold at least what the collector lets in flight.
+        "queue.buffering.max.messages": max(100_000, 2 * settings.collector_max_in_flight),
+        "statistics.interval.ms": 1000,
+    }
+
+
 def reader(
     settings: Settings, group_id: str, logger: logging.Logger | None = None
 ) -> dict[str, Any]:
@@ -68,6 +93,23 @@ def reader(
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
+    }
+
+
+def board_reader(
+    settings: Settings, group_id: str, logger: logging.Logger | None = None
+) -> dict[str, Any]:
+    """The lead board's consumer of ``contacts.scores`` and ``leads.sales_ready``.
+
+    A :func:`reader` (no group membership, no commits) that answers a fetch after at
+    most 100 ms rather than librdkafka's 500, so a crossing reaches the open pages
+    quickly, and that prefetches about 16 MiB (librdkafka's default is 64 MiB): the
+    board reads the whole compacted topic at start and need not buffer much of it.
+    """
+    return {
+        **reader(settings, group_id, logger),
+        "fetch.wait.max.ms": 100,
+        "queued.max.messages.kbytes": 16_384,
     }
 
 

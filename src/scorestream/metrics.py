@@ -57,6 +57,7 @@ class Metrics(NamedTuple):
     merge_rereads: Counter
     identify_awaited: Gauge
     identify_timeouts: Counter
+    gc_frozen: Gauge
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -202,6 +203,11 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         identify_timeouts=Counter(
             "scorestream_identify_timeouts",
             "Anonymous states not received within IDENTIFY_WAIT (merged late when they come)",
+            registry=reg,
+        ),
+        gc_frozen=Gauge(
+            "scorestream_gc_frozen_objects",
+            "Objects moved out of the cyclic garbage collector's scans (long-lived state)",
             registry=reg,
         ),
     )

@@ -133,6 +133,77 @@ class Settings:
         default=64, metadata={"doc": "RocksDB block cache per partition store, MiB"}
     )
     log_level: str = field(default="info", metadata={"doc": "worker log level"})
+    # Access to the HTTP API and the lead board.
+    api_token: str = field(
+        default="",
+        repr=False,  # a secret: never in a log line or a traceback's repr
+        metadata={
+            "doc": "bearer token that /contacts, /status and the lead board require "
+            "(empty: none; then the worker and the board bind to loopback only)"
+        },
+    )
+    allow_insecure_bind: bool = field(
+        default=False,
+        metadata={
+            "doc": "let the worker and the board bind beyond loopback without API_TOKEN "
+            "(only behind something else that checks who may read)"
+        },
+    )
+    board_host: str = field(default="127.0.0.1", metadata={"doc": "lead board bind address"})
+    board_port: int = field(default=6067, metadata={"doc": "lead board port"})
+    board_worker_url: str = field(
+        default="",
+        metadata={
+            "doc": "a worker's HTTP API for the board's contact pages "
+            "(empty: http://127.0.0.1:WEB_PORT)"
+        },
+    )
+    board_top: int = field(
+        default=25, metadata={"doc": "hottest contacts the board shows per model"}
+    )
+    # The HTTP collector for website trackers (``scorestream collect``).
+    collector_host: str = field(
+        default="127.0.0.1", metadata={"doc": "collector bind address (HTTP, tracker.js)"}
+    )
+    collector_port: int = field(default=6068, metadata={"doc": "collector port"})
+    collector_sites: str = field(
+        default="",
+        metadata={
+            "doc": "YAML file of the collector's sites: write key, allowed origins, rate "
+            "limit, consent, e-mail field (required by collect)"
+        },
+    )
+    collector_max_body_bytes: int = field(
+        default=1_000_000,
+        metadata={"doc": "largest request body the collector reads; larger answers 413"},
+    )
+    collector_max_in_flight: int = field(
+        default=20_000,
+        metadata={
+            "doc": "events the collector holds while Kafka has not acknowledged them; "
+            "beyond it requests answer 503"
+        },
+    )
+    collector_produce_timeout: float = field(
+        default=5.0,
+        metadata={
+            "doc": "seconds the collector waits for Kafka's acknowledgement before it "
+            "answers 503 (the producer's message.timeout.ms)"
+        },
+    )
+    collector_retry_after: int = field(
+        default=2, metadata={"doc": "Retry-After seconds of the collector's 503 answers"}
+    )
+    collector_store_client_address: bool = field(
+        default=False,
+        metadata={"doc": "add the client's IP address to each event (client_address)"},
+    )
+    collector_trust_forwarded: bool = field(
+        default=False,
+        metadata={
+            "doc": "take the client address from X-Forwarded-For (only behind a proxy that sets it)"
+        },
+    )
     # The local development broker (``scorestream broker ...``).
     broker_dir: str = field(
         default="var/kafka",

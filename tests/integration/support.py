@@ -82,8 +82,12 @@ class WorkerProc:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str) -> tuple[int, Any]:
+        # A worker started with an API token is asked with it (its /status needs it).
+        token = self.extra_env.get("SCORESTREAM_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(self.url(path), headers=headers)
         try:
-            with urllib.request.urlopen(self.url(path), timeout=10) as resp:
+            with urllib.request.urlopen(request, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")

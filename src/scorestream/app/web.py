@@ -2,6 +2,10 @@
 
 ``GET /contacts/{id}`` is answered by the worker that owns the contact's partition;
 another worker proxies the request there once (``local=1`` stops loops).
+
+With ``SCORESTREAM_API_TOKEN`` set, ``/contacts`` and ``/status`` answer 401 unless the
+request carries ``Authorization: Bearer <token>`` (a proxied request passes it on);
+``/healthz`` and ``/metrics`` stay open for orchestrators and Prometheus.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from scorestream.access import CHALLENGE, bearer_ok
 from scorestream.engine.state import ContactState
 from scorestream.engine.timeutil import parse_ts
 from scorestream.pipeline.routing import REPARTITION, partition_for
@@ -22,6 +27,17 @@ if TYPE_CHECKING:
 def add_views(app: Any, runtime: Runtime) -> None:
     """Register the API's pages on the Faust app."""
     own_url = str(app.conf.canonical_url).rstrip("/")
+    token = runtime.settings.api_token
+
+    def denied(view: View, request: Request) -> Response | None:
+        """A 401 answer unless the request may read (no token set, or the right one)."""
+        if bearer_ok(request.headers.get("Authorization"), token):
+            return None
+        return view.json(
+            {"error": "missing or wrong bearer token"},
+            status=401,
+            headers={"WWW-Authenticate": CHALLENGE},
+        )
 
     @app.page("/healthz")
     class Health(View):
@@ -41,11 +57,17 @@ def add_views(app: Any, runtime: Runtime) -> None:
     @app.page("/status")
     class Status(View):
         async def get(self, request: Request) -> Response:
+            refused = denied(self, request)
+            if refused is not None:
+                return refused
             return self.json(runtime.status())
 
     @app.page("/contacts/{contact_id}")
     class ContactView(View):
         async def get(self, request: Request, contact_id: str) -> Response:
+            refused = denied(self, request)
+            if refused is not None:
+                return refused
             processor = runtime.processor
             state = processor.lookup(contact_id)
             if state is None and not request.query.get("local"):
@@ -54,9 +76,13 @@ def add_views(app: Any, runtime: Runtime) -> None:
                     return self.json({"error": "no owner known (rebalancing?)"}, status=503)
                 if owner.rstrip("/") != own_url:
                     query = {**request.query, "local": "1"}
+                    # every worker shares the token: the owner checks it again
+                    headers = {"Authorization": f"Bearer {token}"} if token else {}
                     try:
                         async with app.http_client.get(
-                            f"{owner.rstrip('/')}/contacts/{contact_id}", params=query
+                            f"{owner.rstrip('/')}/contacts/{contact_id}",
+                            params=query,
+                            headers=headers,
                         ) as resp:
                             return self.bytes(
                                 await resp.read(),

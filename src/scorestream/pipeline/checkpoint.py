@@ -35,10 +35,11 @@ from scorestream.engine.errors import ScorestreamError
 from scorestream.pipeline.processor import Processor
 from scorestream.pipeline.store import StateStore
 
-#: contacts encoded between two yields to the event loop
-CHUNK = 500
+#: contacts encoded between two yields to the event loop (about 1-2 ms of encoding: the
+#: loop's longest pause during a checkpoint, which is what messages wait behind)
+CHUNK = 100
 #: states written to the local store per batch at the end of a checkpoint
-LOCAL_WRITE_CHUNK = 2000
+LOCAL_WRITE_CHUNK = 250
 GENERATION_HEADER = "g"
 
 
