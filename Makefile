@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## setup: virtualenv, Python packages, the Kafka jars, Prometheus and Chromium (apt)
+## setup: virtualenv, Python packages, compiled modules, Kafka jars, Prometheus, Chromium
 setup: $(STAMP)
+	./scripts/compile
 	$(BIN)/scorestream broker fetch
 	./scripts/system-deps
 
@@ -24,9 +25,10 @@ demo: setup
 ## test: lint, type check, unit/property/golden tests and integration tests on a real broker
 test: setup lint typecheck
 	$(BIN)/pytest
+	./scripts/test-pure
 
 # bench/ is linted once it exists (ruff fails on a missing path).
-LINT_PATHS := src tests $(wildcard bench)
+LINT_PATHS := src tests setup.py $(wildcard bench)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -66,3 +68,4 @@ broker-stop: $(STAMP)
 clean:
 	if [ -x $(BIN)/scorestream ]; then $(BIN)/scorestream broker stop; fi
 	rm -rf $(VENV) $(PEER) var build dist src/*.egg-info
+	find src -name '*.so' -delete

@@ -36,6 +36,7 @@ import faust
 from faust.sensors.monitor import Monitor
 from faust.types import TP
 
+import scorestream
 from scorestream import clients
 from scorestream import metrics as metrics_mod
 from scorestream.access import check_bind
@@ -153,8 +154,8 @@ class Runtime:
             and len(source.queue.items) >= self.settings.merge_buffer
         ):
             self._pause(TP(topic, partition))
-        if proc.run(now, RUN_LIMIT):
-            self.metrics.event_delay.observe(now - proc.last_ts / US_PER_SECOND)
+        proc.run(now, RUN_LIMIT)
+        self._observe_delays(now)
         self.metrics.processing.observe(time.perf_counter() - start)
 
     async def drain(self, fetcher: Any) -> None:
@@ -200,10 +201,15 @@ class Runtime:
             count += len(batch)
             if source is not None and source.queue is not None and len(source.queue.items) >= limit:
                 self._pause(TP(topic, partition))
-        if proc.run(now, RUN_LIMIT):
-            self.metrics.event_delay.observe(now - proc.last_ts / US_PER_SECOND)
+        proc.run(now, RUN_LIMIT)
+        self._observe_delays(now)
         self.metrics.processing.observe((time.perf_counter() - start) / max(1, count))
         self.outputs.poll()
+
+    def _observe_delays(self, now: float) -> None:
+        observe = self.metrics.event_delay.observe
+        for ts in self.processor.take_applied_times():
+            observe(now - ts / US_PER_SECOND)
 
     async def pump(self) -> None:
         """Look again at what the merge waits for; apply what it then releases."""
@@ -211,6 +217,7 @@ class Runtime:
         proc = self.processor
         proc.refresh(now)
         proc.run(now, RUN_LIMIT * 5)
+        self._observe_delays(now)
         if self._paused:
             self._resume_drained()
         for source in proc.merger.take_rereads():
@@ -301,6 +308,7 @@ class Runtime:
         merger = proc.merger
         return {
             "ready": self.ready,
+            "compiled": scorestream.compiled(),
             "partitions": parts,
             "watermark": proc.watermark if proc.watermark > MIN_TS else None,
             "merge": {
@@ -358,6 +366,8 @@ class Runtime:
         """Before partitions go: checkpoint everything, then let them go."""
         self.ready = False
         self.metrics.ready.set(0)
+        # Lag of partitions this worker may no longer own must not linger in the gauge.
+        self.metrics.consumer_lag.clear()
         async with self._ckpt_lock:
             await self._checkpoint()
             self.processor.revoke(list(self.processor.parts))
@@ -574,12 +584,13 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     runtime = Runtime(settings, rules, topology)
     log.info(
-        "rules %s (%s), %d partitions, HTTP on %s:%d",
+        "rules %s (%s), %d partitions, HTTP on %s:%d, %s",
         settings.rules,
         rules.version,
         topology.partitions,
         settings.web_host,
         settings.web_port,
+        "compiled engine" if scorestream.compiled() else "pure-Python engine",
     )
     worker = faust.Worker(runtime.app, loglevel=settings.log_level.upper(), logfile=None)
     code = EXIT_FAILURE

@@ -148,8 +148,11 @@ class Processor:
         self.counts: dict[tuple[str, str], int] = {}
         #: events applied with an event time older than their partition's newest
         self.late = 0
-        #: event time of the last event applied (for the event-delay metric)
+        #: event time of the last event applied
         self.last_ts = 0
+        #: event times of the events applied since the last :meth:`take_applied_times`
+        #: (the worker's event-delay histogram); None when nobody asks (offline)
+        self._applied_times: list[int] | None = [] if s.schedule else None
 
     # ------------------------------------------------------------------ assignment
 
@@ -400,6 +403,8 @@ class Processor:
             if self.newest is None or ts > self.newest:
                 self.newest = ts
         self.last_ts = ts
+        if self._applied_times is not None:
+            self._applied_times.append(ts)
         self._changed(part, state, outcome.crossings)
         if isinstance(event, Identify):
             self._identify(part, state, event, record, now)
@@ -690,6 +695,14 @@ class Processor:
         found = [s for part in self.parts.values() for s in _states(part.store)]
         found.sort(key=lambda s: s.key)
         return (s for s in found if s.alias is None)
+
+    def take_applied_times(self) -> list[int]:
+        """Event times of the events applied since the last call (oldest first)."""
+        times = self._applied_times
+        if not times:
+            return []
+        self._applied_times = []
+        return times
 
     def take_counts(self) -> dict[tuple[str, str], int]:
         """Message outcomes counted since the last call."""
