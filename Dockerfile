@@ -1,6 +1,9 @@
 # scorestream worker image.
 #   docker build -t scorestream .
-#   docker run --rm -e SCORESTREAM_BOOTSTRAP=kafka:9092 -p 6066:6066 scorestream
+#   docker run --rm -e SCORESTREAM_BOOTSTRAP=kafka:9092 \
+#     -e SCORESTREAM_API_TOKEN="$(openssl rand -hex 24)" -p 6066:6066 scorestream
+# The image binds the HTTP API to 0.0.0.0, which the worker refuses without a token
+# (or SCORESTREAM_ALLOW_INSECURE_BIND=1 on a network you trust); /metrics stays open.
 # Any command of the CLI works too: docker run --rm scorestream topics apply --dry-run
 
 # --- builder: a virtualenv with the package, installed like `make setup` does

@@ -12,11 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## setup: virtualenv, Python packages, compiled modules, Kafka jars, Prometheus, Chromium
+## setup: virtualenv, Python packages, Prometheus, Chromium, gcc, compiled modules, Kafka jars
 setup: $(STAMP)
+	./scripts/system-deps
 	./scripts/compile
 	$(BIN)/scorestream broker fetch
-	./scripts/system-deps
 
 ## demo: local broker + topics + worker + simulated traffic; prints sales-ready leads
 demo: setup

@@ -97,7 +97,7 @@ def test_the_issue_s_alerts_are_all_there() -> None:
         "ScorestreamCheckpointsFailing": "scorestream_checkpoints_total",
         "ScorestreamCheckpointsSlow": "scorestream_checkpoint_seconds_bucket",
         "ScorestreamEventLoopStalls": "scorestream_loop_lag_seconds",
-        "ScorestreamCollectorUnavailable": 'scorestream_collector_responses_total{code="503"}',
+        "ScorestreamCollectorUnavailable": 'scorestream_collector_requests_total{code="503"}',
     }
     for name, metric in wanted.items():
         assert metric in exprs[name], (name, exprs.get(name))

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from scorestream import broker, metrics
+from scorestream.collector import metrics as collector_metrics
 from scorestream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,11 +53,16 @@ def test_compose_wires_topics_worker_and_prometheus() -> None:
     ]
 
 
-def test_prometheus_scrapes_the_worker_metrics() -> None:
+def test_prometheus_scrapes_the_worker_and_the_collector() -> None:
     config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text("utf-8"))
-    (job,) = config["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"] == [{"targets": [f"worker:{Settings().web_port}"]}]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"scorestream", "collector"}
+    assert all(job["metrics_path"] == "/metrics" for job in jobs.values())
+    worker, collector = jobs["scorestream"], jobs["collector"]
+    assert worker["static_configs"] == [{"targets": [f"worker:{Settings().web_port}"]}]
+    port = Settings().collector_port
+    assert collector["static_configs"] == [{"targets": [f"collector:{port}"]}]
+    assert f"{port}:{port}" in compose()["services"]["collector"]["ports"]
 
 
 def test_the_image_installs_like_the_makefile_and_runs_the_worker() -> None:
@@ -106,9 +112,13 @@ def dashboard() -> dict[str, Any]:
 
 
 def exported_series() -> set[str]:
-    """Every series name the worker's metrics can export (histogram and counter suffixes)."""
+    """Every series name the worker's and the collector's metrics can export."""
     names: set[str] = set()
-    for family in metrics.create().registry.collect():
+    families = [
+        *metrics.create().registry.collect(),
+        *collector_metrics.create().registry.collect(),
+    ]
+    for family in families:
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":
@@ -136,9 +146,7 @@ def test_alerts_and_panels_query_only_metrics_the_worker_exports() -> None:
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     exprs += [t["expr"] for panel in dashboard()["panels"] for t in panel["targets"]]
     used = set().union(*(metric_names(e) for e in exprs))
-    # The collector (issue 10) exports its own scorestream_collector_* metrics.
-    unknown = {n for n in used - exported if not n.startswith("scorestream_collector_")}
-    assert unknown == set()
+    assert used - exported == set()
     assert {"scorestream_events_total", "scorestream_crossings_total"} <= used
 
 
