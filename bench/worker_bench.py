@@ -3,7 +3,7 @@ broker and topics, and end-to-end latency at steady rates (event produced -> cro
 consumed).
 
     .venv/bin/python bench/worker_bench.py [--events 60000] [--rates 1000,1000,1000,5000]
-        [--seconds 20]
+        [--seconds 20] [--no-processes]
 
 Needs the local broker (`scorestream broker start`). Every run uses fresh topics with a
 unique prefix and deletes them at the end. Throughput figures are events per second from
@@ -15,7 +15,8 @@ in the same run against:
   is a changelog record);
 * a quix-streams 3.28 app running this project's engine per message with its state in
   quix's RocksDB store (``bench/quix_peer.py``, in ``.venv-peer``: ``make bench`` makes
-  it; skipped with a note if it is missing).
+  it; skipped with a note if it is missing);
+* and ``scorestream worker --processes 2`` against one process (more workers per host).
 """
 
 from __future__ import annotations
@@ -152,20 +153,23 @@ def input_progress(port: int, prefix: str) -> int:
     )
 
 
-def start_worker(bootstrap: str, prefix: str, tmp: Path, port: int) -> subprocess.Popen[bytes]:
+def start_worker(
+    bootstrap: str, prefix: str, tmp: Path, port: int, processes: int = 1
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "SCORESTREAM_BOOTSTRAP": bootstrap,
         "SCORESTREAM_TOPIC_PREFIX": prefix,
-        "SCORESTREAM_APP_ID": f"{prefix}worker",
-        "SCORESTREAM_STATE_DIR": str(tmp / "worker-state"),
+        # a group (and state) of its own per process count: each run reads the backlog
+        "SCORESTREAM_APP_ID": f"{prefix}worker{processes}",
+        "SCORESTREAM_STATE_DIR": str(tmp / f"worker-state-{processes}"),
         "SCORESTREAM_WEB_PORT": str(port),
         "SCORESTREAM_RULES": str(ROOT / "rules" / "b2b.yaml"),
         "SCORESTREAM_LOG_LEVEL": "warning",
     }
     with open(tmp / "worker.log", "ab") as log:
         return subprocess.Popen(
-            [PYTHON, "-m", "scorestream", "worker"],
+            [PYTHON, "-m", "scorestream", "worker", "--processes", str(processes)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -173,12 +177,14 @@ def start_worker(bootstrap: str, prefix: str, tmp: Path, port: int) -> subproces
         )
 
 
-def run_worker(bootstrap: str, prefix: str, n: int, tmp: Path, port: int) -> tuple[float, Any]:
-    proc = start_worker(bootstrap, prefix, tmp, port)
+def run_worker(
+    bootstrap: str, prefix: str, n: int, tmp: Path, port: int, processes: int = 1
+) -> tuple[float, Any]:
+    proc = start_worker(bootstrap, prefix, tmp, port, processes)
     first = done = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        progress = input_progress(port, prefix)
+        progress = sum(input_progress(port + i, prefix) for i in range(processes))
         now = time.time()
         if progress > 0 and first is None:
             first = now
@@ -188,6 +194,11 @@ def run_worker(bootstrap: str, prefix: str, n: int, tmp: Path, port: int) -> tup
         time.sleep(0.02)
     assert first is not None and done is not None, (tmp / "worker.log").read_text()[-3000:]
     return n / max(done - first, 1e-3), proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(90)
 
 
 def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[str, float]:
@@ -308,6 +319,12 @@ def main() -> None:
         "--bootstrap", default=os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
     )
     parser.add_argument("--keep-log", metavar="FILE", help="copy the worker's log here")
+    parser.add_argument(
+        "--processes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run `scorestream worker --processes 2` on the same backlog",
+    )
     args = parser.parse_args()
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}-"
@@ -330,6 +347,10 @@ def main() -> None:
             noop = run_faust("noop", args.bootstrap, prefix, n, tmp)
             table = run_faust("table", args.bootstrap, prefix, n, tmp)
             quix = run_quix(args.bootstrap, prefix, n, tmp)
+            two = None
+            if args.processes:
+                two, pair = run_worker(args.bootstrap, prefix, n, tmp, 6097, processes=2)
+                stop(pair)
             ours, worker = run_worker(args.bootstrap, prefix, n, tmp, 6099)
             print(f"{'consumer':<52}{'events/s':>10}{'x no-op':>10}")
             rows = [
@@ -343,6 +364,9 @@ def main() -> None:
                     print(f"{name:<52}{'skipped: no .venv-peer (make bench)':>20}")
                 else:
                     print(f"{name:<52}{rate:>10,.0f}{rate / noop:>10.2f}")
+            if two is not None:
+                print(f"{'scorestream worker --processes 2':<52}{two:>10,.0f}{two / noop:>10.2f}")
+                print(f"two processes / one process: {two / ours:.2f}")
             if quix is not None:
                 print(f"scorestream worker / quix-streams peer: {ours / quix:.2f}")
             for rate in (float(r) for r in args.rates.split(",") if r.strip()):
@@ -355,8 +379,7 @@ def main() -> None:
                 )
         finally:
             if worker is not None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                worker.wait(30)
+                stop(worker)
             if args.keep_log and (tmp / "worker.log").exists():
                 Path(args.keep_log).write_bytes((tmp / "worker.log").read_bytes())
             admin = AdminClient({"bootstrap.servers": args.bootstrap})

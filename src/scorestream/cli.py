@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the streaming service (Faust worker, HTTP API, /metrics)",
         description="Consume the event topics, keep per-contact scores, emit sales-ready leads.",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes on this host, sharing the partitions through the "
+        "consumer group (process i serves HTTP on WEB_PORT+i and keeps its state under "
+        "STATE_DIR/wI); restarted if one dies",
+    )
+    p.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=_lazy("scorestream.app.worker:main"))
 
     p = sub.add_parser(
@@ -101,6 +111,91 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="rule files")
     p.set_defaults(handler=_lazy("scorestream.offline:rules_check_command"))
+    p = rules_sub.add_parser(
+        "diff",
+        help="what a plan change would do: score the same events under two plans, compare",
+        description="Score EVENTS under OLD and under NEW (as `score` does) and report, per "
+        "model: contacts whose tier changes (a from -> to table), crossings that appear or "
+        "disappear, and the rules whose total points move most. Models in only one plan are "
+        "reported as added or removed.",
+    )
+    p.add_argument("old", metavar="OLD", help="the plan in use (YAML)")
+    p.add_argument("new", metavar="NEW", help="the plan to compare it with (YAML)")
+    p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
+    p.add_argument(
+        "--at", metavar="T", help="evaluate at this RFC 3339 time (default: latest event)"
+    )
+    _partitions_option(p)
+    p.add_argument(
+        "--top", type=int, default=10, metavar="N", help="rules listed per model (default 10)"
+    )
+    p.add_argument(
+        "--examples",
+        type=int,
+        default=5,
+        metavar="N",
+        help="example crossings shown per model and direction (default 5)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
+    p.set_defaults(handler=_lazy("scorestream.whatif:diff_command"))
+
+    p = sub.add_parser(
+        "calibrate",
+        help="suggest rule points and thresholds from known outcomes (won, lost, ...)",
+        description="Score EVENTS under the plan; for each outcome (a JSONL line "
+        '{"contact_id", "outcome", "occurred_at"}) look at the rules that fired in the '
+        "window before it and at the score just before it. Report per rule how often it "
+        "fired before good and bad outcomes, its lift and log-odds ratio and suggested "
+        "points; per model the thresholds that best separate good from bad. --out writes "
+        "the plan with the suggested points and threshold.",
+    )
+    p.add_argument("--rules", required=True, metavar="PATH", help="scoring plan (YAML)")
+    p.add_argument(
+        "--outcomes",
+        required=True,
+        metavar="FILE",
+        help='JSONL of {"contact_id", "outcome", "occurred_at"} (- for stdin)',
+    )
+    p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
+    p.add_argument(
+        "--window",
+        default="30d",
+        metavar="D",
+        help="a rule counts as fired when it awarded points within D before the outcome "
+        "(default 30d)",
+    )
+    p.add_argument(
+        "--good",
+        default="won,converted",
+        metavar="LIST",
+        help="comma-separated outcomes that are good (default won,converted)",
+    )
+    p.add_argument(
+        "--bad",
+        default="lost,churned",
+        metavar="LIST",
+        help="comma-separated outcomes that are bad (default lost,churned); others are "
+        "ignored and counted",
+    )
+    p.add_argument(
+        "--min-support",
+        type=int,
+        default=10,
+        metavar="N",
+        help="a rule needs to have fired before at least N outcomes to get suggested points "
+        "(default 10); below, its points are kept",
+    )
+    p.add_argument(
+        "--best",
+        choices=("separation", "f1"),
+        default="separation",
+        help="how the best cut is chosen: the largest gap between the shares of good and "
+        "bad outcomes at or above it (Youden's J, the default), or the highest F1",
+    )
+    _partitions_option(p)
+    p.add_argument("--out", metavar="PLAN", help="write the suggested plan (YAML) here")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
+    p.set_defaults(handler=_lazy("scorestream.calibrate:calibrate_command"))
 
     topics = sub.add_parser("topics", help="manage the declared Kafka topics")
     topics_sub = topics.add_subparsers(dest="topics_command", metavar="SUBCOMMAND", required=True)
@@ -131,9 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contacts", type=int, default=500, help="number of distinct people")
     p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same traffic)")
     p.add_argument(
-        "--bad-ratio", type=float, default=0.0, help="share of deliberately invalid messages"
+        "--bad-ratio",
+        type=float,
+        default=0.0,
+        help="share of extra, deliberately invalid messages (also written to --out)",
     )
     p.add_argument("--out", metavar="FILE", help="also write every event as JSONL to FILE")
+    p.add_argument(
+        "--outcomes",
+        metavar="FILE",
+        help="at the end, write an outcome (won, lost, converted, churned) per identified "
+        "contact as JSONL to FILE; planted effects of behaviour (for calibrate)",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="write to --out (or stdout) only, no Kafka"
     )

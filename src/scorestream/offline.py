@@ -14,7 +14,7 @@ import argparse
 import gc
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +198,8 @@ def _text(line: bytes) -> str:
         return line.decode("utf-8", errors="backslashreplace")
 
 
-def _open_events(path: str, stack: ExitStack) -> Iterator[bytes]:
+def open_events(path: str, stack: ExitStack) -> Iterator[bytes]:
+    """The lines of an events file (``-``: stdin), closed with ``stack``; unreadable: exit 2."""
     if path == "-":
         return iter(sys.stdin.buffer)
     try:
@@ -208,7 +209,45 @@ def _open_events(path: str, stack: ExitStack) -> Iterator[bytes]:
     return iter(handle)
 
 
-def _parse_at(text: str | None) -> int | None:
+def rereadable_events(path: str, stack: ExitStack) -> Callable[[], Iterator[bytes]]:
+    """A function that gives the lines of an events file afresh on every call.
+
+    For commands that score the same events more than once (``rules diff``): a file is
+    opened again for each pass, so it is never all in memory; stdin can be read only
+    once, so it is kept. The file is opened at once, so an unreadable one fails (exit 2)
+    before any scoring starts.
+    """
+    if path == "-":
+        kept = list(sys.stdin.buffer)
+        return lambda: iter(kept)
+    first: list[Iterator[bytes]] = [open_events(path, stack)]
+
+    def lines() -> Iterator[bytes]:
+        return first.pop() if first else open_events(path, stack)
+
+    return lines
+
+
+def load_plans_or_usage(paths: Iterable[str]) -> list[RuleSet]:
+    """Load several rule files; if any is invalid, exit 2 naming every problem of every file.
+
+    The message is the one of ``rules check`` (``invalid rules:`` and one line per
+    problem, each naming the file, the rule and the YAML path).
+    """
+    plans: list[RuleSet] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            plans.append(load_rules(path))
+        except RulesError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise UsageError("invalid rules:\n" + "\n".join(problems))
+    return plans
+
+
+def parse_at(text: str | None) -> int | None:
+    """The ``--at`` option in microseconds (None when not given); a bad one is exit 2."""
     if text is None:
         return None
     try:
@@ -225,10 +264,10 @@ def score_command(args: argparse.Namespace) -> int:
     """``scorestream score --rules PATH [--at T] [--crossings FILE] [--rejects FILE] EVENTS``."""
     settings = Settings.load(config_file=args.config)
     rules = load_rules_or_usage(args.rules)
-    at = _parse_at(args.at)
-    partitions = _partitions(args, settings)
+    at = parse_at(args.at)
+    partitions = partitions_option(args, settings)
     with ExitStack() as stack:
-        lines = _open_events(args.events, stack)
+        lines = open_events(args.events, stack)
         run = score_lines(Engine(rules), lines, at, settings.max_message_bytes, partitions)
     if args.crossings:
         try:
@@ -262,12 +301,12 @@ def explain_command(args: argparse.Namespace) -> int:
     """``scorestream explain --rules PATH --contact ID [--at T] EVENTS``: one JSON document."""
     settings = Settings.load(config_file=args.config)
     rules = load_rules_or_usage(args.rules)
-    at = _parse_at(args.at)
-    partitions = _partitions(args, settings)
+    at = parse_at(args.at)
+    partitions = partitions_option(args, settings)
     with ExitStack() as stack:
         run = score_lines(
             Engine(rules),
-            _open_events(args.events, stack),
+            open_events(args.events, stack),
             at,
             settings.max_message_bytes,
             partitions,
@@ -282,7 +321,8 @@ def explain_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _partitions(args: argparse.Namespace, settings: Settings) -> int:
+def partitions_option(args: argparse.Namespace, settings: Settings) -> int:
+    """The ``--partitions`` option, or the declared partition count when it is not given."""
     given: int | None = getattr(args, "partitions", None)
     if given is None:
         return declared_partitions(settings)

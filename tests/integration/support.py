@@ -47,6 +47,8 @@ class WorkerProc:
     rules: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    #: arguments after ``scorestream worker``
+    args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,7 +71,7 @@ class WorkerProc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "scorestream", "worker"],
+                [sys.executable, "-m", "scorestream", "worker", *self.args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

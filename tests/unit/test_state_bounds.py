@@ -8,15 +8,17 @@ small, and the bytes round-trip exactly.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
+import cramjam
 import pytest
 
 from scorestream.engine.events import event_from_dict
 from scorestream.engine.rules import load_rules, parse_rules
 from scorestream.engine.scorer import Engine, Outcome
-from scorestream.engine.state import Bounds, ContactState
+from scorestream.engine.state import MAGIC, MAGIC_LZ4, Bounds, ContactState
 from scorestream.engine.timeutil import format_ts, parse_ts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,3 +268,50 @@ def test_expiring_state_size_and_round_trip(expiring: tuple[Engine, ContactState
     assert ContactState.from_bytes(data).to_bytes() == data
     assert len(state.seen) == BOUNDS.seen_ids
     assert len(state.ledger) == BOUNDS.ledger
+
+
+def _uncompressed(state: ContactState) -> bytes:
+    """The same state in the plain MessagePack format (b"S2") that older versions wrote."""
+    data = state.to_bytes()
+    assert data[:2] == MAGIC_LZ4
+    (size,) = struct.unpack_from(">I", data, 2)
+    body = bytes(cramjam.lz4.decompress_block(data[6 : 6 + size]))
+    return MAGIC + struct.pack(">I", len(body)) + body + data[6 + size :]
+
+
+def test_a_large_state_is_compressed_and_smaller(
+    b2b: tuple[Engine, ContactState, list[Outcome]],
+) -> None:
+    _, state, _ = b2b
+    data = state.to_bytes()
+    plain = _uncompressed(state)
+    assert data[:2] == MAGIC_LZ4
+    assert len(data) < 0.8 * len(plain)
+
+
+def test_states_written_uncompressed_read_back_the_same(
+    b2b: tuple[Engine, ContactState, list[Outcome]],
+) -> None:
+    engine, state, _ = b2b
+    old = ContactState.from_bytes(_uncompressed(state))
+    assert old.to_bytes() == state.to_bytes()
+    t = state.clock
+    assert t is not None
+    assert engine.scores(old, t + SECOND) == engine.scores(state, t + SECOND)
+
+
+def test_a_small_state_stays_uncompressed() -> None:
+    state = ContactState("c-1")
+    assert state.to_bytes()[:2] == MAGIC
+    assert ContactState.from_bytes(state.to_bytes()).to_bytes() == state.to_bytes()
+
+
+def test_a_damaged_compressed_state_is_refused(
+    b2b: tuple[Engine, ContactState, list[Outcome]],
+) -> None:
+    _, state, _ = b2b
+    data = bytearray(state.to_bytes())
+    (size,) = struct.unpack_from(">I", data, 2)
+    data[6 : 6 + size] = b"\xff" * size  # an LZ4 block that points before its start
+    with pytest.raises(ValueError, match="not a scorestream contact state"):
+        ContactState.from_bytes(bytes(data))

@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import rocksdict
 
 from scorestream.app.rocks import RocksStore
 from scorestream.engine.state import ContactState
 from scorestream.pipeline.store import (
+    META_KEY,
     CachedStore,
     MemoryStore,
     ScratchStore,
@@ -86,6 +88,43 @@ def test_recovery_writes_records_and_tombstones(store: CachedStore) -> None:
     assert store.get("c-1") is None
     assert store.get("c-2") == state("c-2", 2)
     assert store.meta() == {"changelog_offset": 3}
+
+
+def test_the_due_index_follows_writes_recovery_and_tombstones(store: CachedStore) -> None:
+    def value(key: str, due: int | None) -> tuple[bytes, bytes]:
+        return key.encode(), encode_value(state(key, 1), due)
+
+    store.write([value("c-1", 10), value("c-2", None), value("c-3", 30)], {})
+    assert sorted(store.dues()) == [("c-1", 10), ("c-3", 30)]
+    store.write([value("c-1", None), value("c-2", 20)], {})  # c-1's timer fired, c-2 got one
+    assert sorted(store.dues()) == [("c-2", 20), ("c-3", 30)]
+    store.apply_changelog([value("c-4", 40), (b"c-3", None)], {"changelog_offset": 9})
+    assert sorted(store.dues()) == [("c-2", 20), ("c-4", 40)]
+
+
+def test_a_rocks_store_without_a_due_index_builds_it_once(tmp_path: Path) -> None:
+    """Databases written before the index existed (values only) get one at open."""
+    path = tmp_path / "old"
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    old = rocksdict.Rdict(str(path), options=opts)
+    old[b"c-1"] = encode_value(state("c-1", 1), 11)
+    old[b"c-2"] = encode_value(state("c-2", 2), None)
+    old[META_KEY] = b'{"changelog_offset": 2}'
+    old.close()
+    del old
+    reopened = RocksStore(path, block_cache_mb=8)
+    try:
+        assert list(reopened.dues()) == [("c-1", 11)]
+        assert reopened.get("c-2") == state("c-2", 2)
+        assert reopened.meta() == {"changelog_offset": 2}
+    finally:
+        reopened.close()
+    again = RocksStore(path, block_cache_mb=8)  # built once: kept across reopens
+    try:
+        assert list(again.dues()) == [("c-1", 11)]
+    finally:
+        again.close()
 
 
 def test_the_rocks_store_keeps_its_data_across_a_reopen(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from scorestream import clients
 from scorestream import metrics as metrics_mod
 from scorestream.engine.scorer import Crossing
 from scorestream.errors import KafkaFailure, UsageError
-from scorestream.pipeline.checkpoint import GENERATION_HEADER, ChangelogRecord, CheckpointError
+from scorestream.pipeline.checkpoint import GENERATION_HEADER, CheckpointError, RawRecord
 from scorestream.pipeline.routing import (
     CHANGELOG,
     DLQ,
@@ -241,7 +241,7 @@ class Offsets:
         )
         return int(high)
 
-    def changelog(self, partition: int, start: int) -> tuple[Iterator[ChangelogRecord], int]:
+    def changelog(self, partition: int, start: int) -> tuple[Iterator[RawRecord], int]:
         """The changelog records of a partition from ``start`` (or the log start) to its end."""
         topic = self.topology.real(CHANGELOG)
         reader = Consumer(clients.reader(self.settings, f"{self.settings.app_id}-recovery"))
@@ -251,31 +251,35 @@ class Offsets:
             reader.close()
             return iter(()), high
 
-        def records() -> Iterator[ChangelogRecord]:
+        def records() -> Iterator[RawRecord]:
             try:
                 reader.assign([TopicPartition(topic, partition, first)])
                 position = first
                 empty = 0
                 while position < high:
-                    batch = reader.consume(num_messages=5000, timeout=1.0)
+                    # consume() returns once it has num_messages or at the timeout: asking
+                    # for no more than are left, and waiting briefly, keeps the end of a
+                    # partition (and gaps left by compaction) from costing a second each.
+                    want = max(1, min(5000, high - position))
+                    batch = reader.consume(num_messages=want, timeout=0.1)
                     empty = 0 if batch else empty + 1
-                    if empty >= 60:
+                    if empty >= 600:
                         raise KafkaFailure(
                             f"reading {topic}[{partition}]: nothing after offset {position} "
                             f"for 60 s, end is {high}"
                         )
+                    # Lean on purpose: recovery reads every record of the partition.
                     for msg in batch:
                         if msg.error():
                             raise KafkaFailure(f"reading {topic}[{partition}]: {msg.error()}")
                         offset = msg.offset() or 0
-                        position = offset + 1
-                        headers = dict(msg.headers() or [])
-                        yield ChangelogRecord(
-                            offset,
-                            msg.key() or b"",
-                            msg.value(),
-                            int(headers.get(GENERATION_HEADER) or b"0"),
-                        )
+                        generation = 0
+                        for header in msg.headers() or ():
+                            if header[0] == GENERATION_HEADER:
+                                generation = int(header[1] or b"0")
+                        yield offset, msg.key() or b"", msg.value(), generation
+                    if batch:
+                        position = (batch[-1].offset() or 0) + 1
             finally:
                 reader.close()
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import rocksdict
 
-from scorestream.pipeline.store import CachedStore
+from scorestream.pipeline.store import META_KEY, CachedStore, due_of
 
 
 def _options(block_cache_mb: int) -> rocksdict.Options:
@@ -31,37 +32,85 @@ def _options(block_cache_mb: int) -> rocksdict.Options:
     return opts
 
 
+#: column family of the due index (see scorestream.pipeline.store)
+DUES_CF = "dues"
+#: written with a complete due index; a store without it builds one at open
+_INDEXED_KEY = b"\x00scorestream-due-index"
+
+
 class RocksStore(CachedStore):
-    """Contact states of one partition: cache, dirty set, RocksDB."""
+    """Contact states of one partition: cache, dirty set, RocksDB.
+
+    Values live in the default column family, the due index in ``dues``, written in the
+    same WriteBatch. A database from before the index (or whose index was being built
+    when the process died) gets it built from a scan of its values when opened, once.
+    """
 
     def __init__(self, path: Path, block_cache_mb: int = 64, cache_size: int = 100_000) -> None:
         super().__init__(cache_size)
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        self._db = rocksdict.Rdict(str(path), options=_options(block_cache_mb))
+        opts = _options(block_cache_mb)
+        self._db = rocksdict.Rdict(str(path), options=opts)
+        if DUES_CF in rocksdict.Rdict.list_cf(str(path)):
+            self._dues_cf = self._db.get_column_family(DUES_CF)
+        else:
+            self._dues_cf = self._db.create_column_family(DUES_CF, rocksdict.Options(raw_mode=True))
+        self._dues_handle: Any = self._db.get_column_family_handle(DUES_CF)
+        if self._db.get(_INDEXED_KEY) is None:
+            self._build_due_index()
+
+    def _build_due_index(self) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key in list(self._dues_cf.keys()):  # a build cut short: start over
+            batch.delete(key, self._dues_handle)
+        for key, value in self._items():
+            if key != META_KEY and due_of(value) is not None:
+                batch.put(key, value[:8], self._dues_handle)
+        batch.put(_INDEXED_KEY, b"1")
+        self._db.write(batch)
 
     def _load(self, key: bytes) -> bytes | None:
         value: bytes | None = self._db.get(key)
         return value
 
-    def _write(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+    def _write(
+        self,
+        puts: list[tuple[bytes, bytes]],
+        deletes: list[bytes],
+        due_puts: list[tuple[bytes, bytes]],
+        due_deletes: list[bytes],
+    ) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
+        handle = self._dues_handle
         for key in deletes:
             batch.delete(key)
         for key, value in puts:
             batch.put(key, value)
+        for key in due_deletes:
+            batch.delete(key, handle)
+        for key, value in due_puts:
+            batch.put(key, value, handle)
         self._db.write(batch)
 
     def _items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items():
+            if isinstance(key, bytes) and isinstance(value, bytes) and key != _INDEXED_KEY:
+                yield key, value
+
+    def _due_items(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._dues_cf.items():
             if isinstance(key, bytes) and isinstance(value, bytes):
                 yield key, value
 
     def close(self) -> None:
         """Close the database (the files stay for the next start)."""
+        # The column family's view and handle hold the database open: drop them first.
+        self._dues_cf.close()
+        self._dues_handle = None
         self._db.close()
 
     def destroy(self) -> None:
         """Close and delete the files (the state is recovered from Kafka next time)."""
-        self._db.close()
+        self.close()
         shutil.rmtree(self.path, ignore_errors=True)

@@ -20,6 +20,13 @@ so ``from_bytes(to_bytes(s))`` is the same state and gives the same future resul
 state MessagePack cannot hold — an attribute integer beyond 64 bits — is written as
 JSON after ``b"S1"``.) MessagePack rather than JSON: measured 1.8x faster to write, 2.3x
 faster to read and 20% smaller on simulated B2B contacts.
+
+A document of more than ``COMPRESS_FROM`` bytes is LZ4-compressed (block format with its
+size, through cramjam, which the Kafka client's codecs already bring) when that makes
+it smaller, after ``b"S3"``: the ledger repeats model and rule ids and event id
+prefixes. Measured on simulated B2B contacts: 1,368 -> 871 bytes a contact on average,
+3,898 -> 2,144 after 100 events, for about 4.5 us to write and 2.6 us to read (the dedupe
+hashes, random by design, stay as they are). Every format stays readable.
 """
 
 from __future__ import annotations
@@ -27,17 +34,27 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from array import array
 from dataclasses import dataclass
+from sys import intern
 from typing import Any
 
+import cramjam
 import msgpack
 
 MAGIC = b"S2"  # MessagePack body
 MAGIC_JSON = b"S1"  # JSON body (fallback for values MessagePack cannot hold)
+MAGIC_LZ4 = b"S3"  # LZ4-compressed MessagePack body
+#: documents up to this size are not worth compressing
+COMPRESS_FROM = 200
 #: ModelState.guess before it is computed (derived data: never serialised)
 UNKNOWN: Any = object()
 _LEN = struct.Struct(">I")
+_ID = struct.Struct(">Q")
+
+
+def _name(value: Any) -> Any:
+    """A name shared by many states, interned; anything else as it is."""
+    return intern(value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +105,14 @@ class ModelState:
     def load(cls, raw: list[Any]) -> ModelState:
         """Inverse of :meth:`dump`."""
         ms = cls()
-        ms.t0, ms.pts, buckets, ms.attr, ms.inside, ms.counts = raw
-        ms.buckets = [(t, parts) for t, parts in buckets]
+        ms.t0, pts, buckets, attr, inside, counts = raw
+        # Rule and threshold names come from a small vocabulary: one shared string each
+        # rather than a copy per cached contact.
+        ms.pts = {intern(k): v for k, v in pts.items()}
+        ms.buckets = [(t, {intern(k): v for k, v in parts.items()}) for t, parts in buckets]
+        ms.attr = {intern(k): v for k, v in attr.items()}
+        ms.inside = [intern(name) for name in inside]
+        ms.counts = {intern(k): v for k, v in counts.items()}
         return ms
 
 
@@ -97,7 +120,7 @@ class ContactState:
     """Everything the engine knows about one contact (or anonymous visitor)."""
 
     __slots__ = (
-        "_seen_set",
+        "_seen",
         "alias",
         "anonymous",
         "attrs",
@@ -109,7 +132,6 @@ class ContactState:
         "marks",
         "models",
         "rules_version",
-        "seen",
         "timers",
     )
 
@@ -123,9 +145,8 @@ class ContactState:
         self.alias: str | None = None
         self.attrs: dict[str, Any] = {}
         self.models: dict[str, ModelState] = {}
-        #: dedupe memory: 64-bit id hashes, oldest first
-        self.seen: array[int] = array("Q")
-        self._seen_set: set[int] | None = None
+        #: dedupe memory: 64-bit id hashes, oldest first, packed big-endian (8 bytes each)
+        self._seen = bytearray()
         #: (event_id, model, rule_id, points, time µs), oldest first
         self.ledger: list[tuple[Any, ...]] = []
         #: pending unless timers: (due, model, rule_id, match_values, start, event_id, points)
@@ -144,23 +165,34 @@ class ContactState:
 
     # -- dedupe
 
+    # Packed bytes rather than a set of ints: a set costs about 50 bytes a hash (the int
+    # object and the slot), 25 KB for a contact at the 512 bound, and a worker caches
+    # many contacts; a search of at most 4 KB of bytes (C memmem) is well under a
+    # microsecond here.
+
     def has_seen(self, h: int) -> bool:
         """Whether an event id hash is in the dedupe memory."""
-        if self._seen_set is None:
-            self._seen_set = set(self.seen)
-        return h in self._seen_set
+        seen = self._seen
+        needle = _ID.pack(h)
+        at = seen.find(needle)
+        while at >= 0:
+            if at % 8 == 0:
+                return True
+            at = seen.find(needle, at + 1)  # straddles two hashes: look on
+        return False
 
     def remember(self, h: int, bound: int) -> None:
         """Add an id hash, forgetting the oldest beyond ``bound``."""
-        if self._seen_set is None:
-            self._seen_set = set(self.seen)
-        self.seen.append(h)
-        self._seen_set.add(h)
-        excess = len(self.seen) - bound
+        seen = self._seen
+        seen += _ID.pack(h)
+        excess = len(seen) // 8 - bound
         if excess > 0:
-            for old in self.seen[:excess]:
-                self._seen_set.discard(old)
-            del self.seen[:excess]
+            del seen[: excess * 8]
+
+    @property
+    def seen(self) -> list[int]:
+        """The remembered id hashes, oldest first."""
+        return [h for (h,) in _ID.iter_unpack(self._seen)]
 
     # -- serialisation
 
@@ -186,39 +218,45 @@ class ContactState:
             # e.g. an attribute holding an integer beyond 64 bits: JSON carries any size
             magic = MAGIC_JSON
             body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-        seen = self.seen
-        if seen.itemsize == 8 and _LITTLE:
-            seen = array("Q", seen)
-            seen.byteswap()
-        return magic + _LEN.pack(len(body)) + body + seen.tobytes()
+        if magic == MAGIC and len(body) > COMPRESS_FROM:
+            packed = bytes(cramjam.lz4.compress_block(body))
+            if len(packed) < len(body):
+                magic, body = MAGIC_LZ4, packed
+        return magic + _LEN.pack(len(body)) + body + self._seen
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ContactState:
         """Inverse of :meth:`to_bytes`; raises ValueError on anything else."""
         magic = data[:2]
-        if magic not in (MAGIC, MAGIC_JSON):
+        if magic not in (MAGIC, MAGIC_LZ4, MAGIC_JSON):
             raise ValueError("not a scorestream contact state (bad magic)")
         (size,) = _LEN.unpack_from(data, 2)
         body = data[6 : 6 + size]
+        if magic == MAGIC_LZ4:
+            try:
+                body = bytes(cramjam.lz4.decompress_block(body))
+            except cramjam.DecompressionError as exc:
+                raise ValueError(f"not a scorestream contact state ({exc})") from None
+            magic = MAGIC
         doc = msgpack.unpackb(body) if magic == MAGIC else json.loads(body)
         state = cls(doc[0], doc[1])
         state.clock = doc[2]
         state.alias = doc[3]
         state.attrs = doc[4]
-        state.models = {name: ModelState.load(raw) for name, raw in doc[5].items()}
-        # Entries come back as lists; tuples keep them out of the cyclic GC's way.
-        state.ledger = [tuple(e) for e in doc[6]]
-        state.timers = [(*x[:3], tuple(x[3]), *x[4:]) for x in doc[7]]
-        state.limits = doc[8]
-        state.rules_version = doc[9]
+        state.models = {intern(name): ModelState.load(raw) for name, raw in doc[5].items()}
+        # Entries come back as lists; tuples keep them out of the cyclic GC's way. Model
+        # and rule names are interned (see ModelState.load).
+        state.ledger = [(e[0], _name(e[1]), _name(e[2]), *e[3:]) for e in doc[6]]
+        state.timers = [(x[0], _name(x[1]), _name(x[2]), tuple(x[3]), *x[4:]) for x in doc[7]]
+        state.limits = {intern(k): v for k, v in doc[8].items()}
+        state.rules_version = intern(doc[9])
         if len(doc) > 10:  # states written before marks existed have none
-            state.marks = doc[10]
+            state.marks = {intern(k): v for k, v in doc[10].items()}
             state.handed = doc[11]
-        seen = array("Q")
-        seen.frombytes(data[6 + size :])
-        if _LITTLE:
-            seen.byteswap()
-        state.seen = seen
+        seen = bytearray(data[6 + size :])
+        if len(seen) % 8:
+            raise ValueError("not a scorestream contact state (dedupe memory cut short)")
+        state._seen = seen
         return state
 
     def __eq__(self, other: object) -> bool:
@@ -230,6 +268,3 @@ class ContactState:
 
     def __repr__(self) -> str:
         return f"ContactState(key={self.key!r}, clock={self.clock}, models={list(self.models)})"
-
-
-_LITTLE = struct.pack("=I", 1) == struct.pack("<I", 1)

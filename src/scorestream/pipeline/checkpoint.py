@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from scorestream.engine.errors import ScorestreamError
 from scorestream.pipeline.processor import Processor
@@ -171,9 +171,12 @@ class Checkpointer:
         return stats
 
 
-@dataclass(frozen=True, slots=True)
-class ChangelogRecord:
-    """One record of the state changelog topic."""
+#: (offset, key, value or None for a tombstone, generation): what recovery reads
+RawRecord = tuple[int, bytes, bytes | None, int]
+
+
+class ChangelogRecord(NamedTuple):
+    """One record of the state changelog topic (the named form of a :data:`RawRecord`)."""
 
     offset: int
     key: bytes
@@ -183,7 +186,7 @@ class ChangelogRecord:
 
 def recover(
     store: StateStore,
-    records: Iterable[ChangelogRecord],
+    records: Iterable[RawRecord],
     end: int,
     batch: int = 5000,
 ) -> int:
@@ -198,14 +201,14 @@ def recover(
     newest_generation = int(store.meta().get("generation", -1))
     pending: list[tuple[bytes, bytes | None]] = []
     position = start
-    for record in records:
-        if record.offset < start:
+    for offset, key, value, generation in records:
+        if offset < start:
             continue
-        position = record.offset + 1
-        if record.generation < newest_generation:
+        position = offset + 1
+        if generation < newest_generation:
             continue  # a zombie's write: the partition had already moved on
-        newest_generation = record.generation
-        pending.append((record.key, record.value))
+        newest_generation = generation
+        pending.append((key, value))
         if len(pending) >= batch:
             meta = {"changelog_offset": position, "generation": newest_generation}
             store.apply_changelog(pending, meta)

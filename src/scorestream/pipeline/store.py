@@ -6,6 +6,12 @@ writes changelog records verbatim and the timer index can be rebuilt by reading 
 first 8 bytes of each value. A metadata entry records the changelog offset up to which
 the store is current, so a restart reads only the changelog tail.
 
+Beside the values, a store keeps a **due index**: contact -> due time, for the contacts
+with something due only, written in the same atomic batch as their values. Taking a
+partition rebuilds the processor's timer heap from it, so that costs the contacts with
+something due, not a scan of every value (which was most of a rebalance's cost on a large
+partition).
+
 Stores keep the states in use as objects (a cache) and mark changed ones dirty; a
 checkpoint takes the dirty ones (:meth:`StateStore.take_dirty`), writes them to the
 changelog and, once Kafka has them and the offsets are committed, to the store
@@ -27,6 +33,7 @@ from scorestream.engine.state import ContactState
 
 _DUE = struct.Struct(">q")
 NO_DUE = -1
+_NO_DUE_BYTES = _DUE.pack(NO_DUE)
 META_KEY = b"\x00scorestream-meta"
 
 
@@ -102,11 +109,36 @@ class CachedStore(ABC):
     def _load(self, key: bytes) -> bytes | None: ...
 
     @abstractmethod
-    def _write(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
-        """Apply puts and deletes atomically."""
+    def _write(
+        self,
+        puts: list[tuple[bytes, bytes]],
+        deletes: list[bytes],
+        due_puts: list[tuple[bytes, bytes]],
+        due_deletes: list[bytes],
+    ) -> None:
+        """Apply puts and deletes of values and of the due index, atomically."""
 
     @abstractmethod
     def _items(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+    @abstractmethod
+    def _due_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """The due index: (key, 8-byte due) for the contacts with something due."""
+
+    def _put_all(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        """Write values and keep the due index in step, in one atomic write."""
+        due_puts: list[tuple[bytes, bytes]] = []
+        due_deletes = list(deletes)
+        size = _DUE.size
+        for key, value in puts:
+            if key == META_KEY:
+                continue
+            prefix = value[:size]
+            if prefix == _NO_DUE_BYTES:
+                due_deletes.append(key)
+            else:
+                due_puts.append((key, prefix))
+        self._write(puts, deletes, due_puts, due_deletes)
 
     # -- state access
 
@@ -166,7 +198,7 @@ class CachedStore(ABC):
 
     def write(self, items: list[tuple[bytes, bytes]], meta: dict[str, Any]) -> None:
         """Write checkpointed values and the metadata in one atomic batch."""
-        self._write([*items, (META_KEY, json.dumps(meta).encode())], [])
+        self._put_all([*items, (META_KEY, json.dumps(meta).encode())], [])
 
     def apply_changelog(
         self, records: list[tuple[bytes, bytes | None]], meta: dict[str, Any]
@@ -175,7 +207,7 @@ class CachedStore(ABC):
         puts = [(k, v) for k, v in records if v is not None]
         deletes = [k for k, v in records if v is None]
         puts.append((META_KEY, json.dumps(meta).encode()))
-        self._write(puts, deletes)
+        self._put_all(puts, deletes)
 
     def meta(self) -> dict[str, Any]:
         """What the last write recorded (changelog offset, ...); empty for a new store."""
@@ -191,12 +223,9 @@ class CachedStore(ABC):
 
     def dues(self) -> Iterator[tuple[str, int]]:
         """(contact, due) for every stored contact with something due (timer index rebuild)."""
-        for key, value in self._items():
-            if key == META_KEY:
-                continue
-            due = due_of(value)
-            if due is not None:
-                yield key.decode("utf-8"), due
+        unpack = _DUE.unpack_from
+        for key, value in self._due_items():
+            yield key.decode("utf-8"), unpack(value, 0)[0]
 
     @abstractmethod
     def close(self) -> None:
@@ -209,17 +238,30 @@ class MemoryStore(CachedStore):
     def __init__(self, cache_size: int = 1 << 62) -> None:
         super().__init__(cache_size)
         self._data: dict[bytes, bytes] = {}
+        self._dues: dict[bytes, bytes] = {}
 
     def _load(self, key: bytes) -> bytes | None:
         return self._data.get(key)
 
-    def _write(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+    def _write(
+        self,
+        puts: list[tuple[bytes, bytes]],
+        deletes: list[bytes],
+        due_puts: list[tuple[bytes, bytes]],
+        due_deletes: list[bytes],
+    ) -> None:
         for key in deletes:
             self._data.pop(key, None)
         self._data.update(puts)
+        for key in due_deletes:
+            self._dues.pop(key, None)
+        self._dues.update(due_puts)
 
     def _items(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(self._data.items()))
+
+    def _due_items(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(sorted(self._dues.items()))
 
     def close(self) -> None:
         """Nothing is held open."""
