@@ -138,6 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
     p.set_defaults(handler=_lazy("scorestream.whatif:diff_command"))
+    p = rules_sub.add_parser(
+        "publish",
+        help="validate a plan and publish it to running workers (no restart)",
+        description="Validate PATH and write it to the compacted scorestream.rules topic. "
+        "Running workers score events that happen at or after its effective time with it "
+        "(the same point of the event-time order in every partition). An invalid plan is "
+        "refused (exit 2) and nothing is written.",
+    )
+    p.add_argument("path", metavar="PATH", help="the plan (YAML)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--at", metavar="T", help="effective time, RFC 3339 (default: now + --in)")
+    when.add_argument(
+        "--in",
+        dest="lead",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="effective this many seconds from now, so running workers have read the plan "
+        "before live events reach that time (default 10)",
+    )
+    p.set_defaults(handler=_lazy("scorestream.plans:publish_main"))
 
     p = sub.add_parser(
         "calibrate",
@@ -196,6 +217,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PLAN", help="write the suggested plan (YAML) here")
     p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
     p.set_defaults(handler=_lazy("scorestream.calibrate:calibrate_command"))
+
+    p = sub.add_parser(
+        "rescore",
+        help="rebuild every contact's state from the event topics' history under a plan "
+        "(bulk phase; --dry-run only for now)",
+        description="Read the retained history of the six input topics (to their end "
+        "offsets at start) through the worker's own processor at bulk speed, rebuild "
+        "every contact's scores and tiers under the plan, and compare the tiers with the "
+        "states live workers published on contacts.scores: every tier change is a record "
+        'with "reason": "rules_changed". Only --dry-run is implemented: the hand-over '
+        "of the rebuilt states to live workers is not (without --dry-run: exit 2). "
+        "Progress goes to stderr.",
+    )
+    p.add_argument(
+        "--rules", metavar="PATH", help="scoring plan (YAML; default: SCORESTREAM_RULES)"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="rebuild and report only; nothing is written to Kafka (required for now)",
+    )
+    p.add_argument("--out", metavar="FILE", help="write the rules_changed records here (JSONL)")
+    p.add_argument(
+        "--scores",
+        metavar="FILE",
+        help="write every rebuilt contact's scores and tiers here, one line per contact "
+        "as `scorestream score` prints them",
+    )
+    p.set_defaults(handler=_lazy("scorestream.rescore:rescore_command"))
 
     topics = sub.add_parser("topics", help="manage the declared Kafka topics")
     topics_sub = topics.add_subparsers(dest="topics_command", metavar="SUBCOMMAND", required=True)

@@ -58,6 +58,9 @@ class Metrics(NamedTuple):
     identify_awaited: Gauge
     identify_timeouts: Counter
     gc_frozen: Gauge
+    rules_info: Gauge
+    rules_switches: Counter
+    rules_rejected: Counter
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -208,6 +211,24 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         gc_frozen=Gauge(
             "scorestream_gc_frozen_objects",
             "Objects moved out of the cyclic garbage collector's scans (long-lived state)",
+            registry=reg,
+        ),
+        rules_info=Gauge(
+            "scorestream_rules_info",
+            "1 for the plan the worker scores with now, 0 for plans it scored with before",
+            ["version"],
+            registry=reg,
+        ),
+        rules_switches=Counter(
+            "scorestream_rules_switches",
+            "Switches to a published plan; late: the plan was read after events past its "
+            "effective time had been applied with the previous one",
+            ["late"],
+            registry=reg,
+        ),
+        rules_rejected=Counter(
+            "scorestream_rules_rejected",
+            "Records of the plan topic refused because they are not a valid plan",
             registry=reg,
         ),
     )

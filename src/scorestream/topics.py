@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from confluent_kafka import KafkaError
     from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigEntry, TopicMetadata
 
-Role = Literal["input", "output", "internal"]
+Role = Literal["input", "output", "internal", "control"]
 #: Roles whose topics form the one co-partitioned group.
 COPARTITIONED_ROLES: frozenset[str] = frozenset({"input", "internal"})
 #: Prefix of the lines of :func:`apply` that need a person to act.

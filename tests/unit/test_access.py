@@ -104,6 +104,9 @@ def test_the_token_never_shows_in_the_settings_repr() -> None:
 def test_no_metric_is_labelled_by_contact() -> None:
     """Labels are bounded sets (topics, partitions, outcomes, plan names), never ids."""
     allowed = {"topic", "partition", "outcome", "model", "threshold", "direction", "result"}
+    # A plan's version (a hash of its text: one per published plan) and whether a plan
+    # switch came late (true/false).
+    allowed |= {"version", "late"}
     labels: dict[str, tuple[str, ...]] = {}
     for value in metrics.create():
         names = getattr(value, "_labelnames", None)

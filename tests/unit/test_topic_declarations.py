@@ -42,7 +42,8 @@ def by_name(decls: list[TopicDecl]) -> dict[str, TopicDecl]:
 
 def test_all_declared_topics_load_with_their_roles() -> None:
     decls = by_name(load_declarations(TOPICS_DIR))
-    assert set(decls) == INPUTS | INTERNALS | OUTPUTS
+    assert set(decls) == INPUTS | INTERNALS | OUTPUTS | {"scorestream.rules"}
+    assert {n for n, d in decls.items() if d.role == "control"} == {"scorestream.rules"}
     assert {n for n, d in decls.items() if d.role == "input"} == INPUTS
     assert {n for n, d in decls.items() if d.role == "internal"} == INTERNALS
     assert {n for n, d in decls.items() if d.role == "output"} == OUTPUTS
@@ -62,6 +63,15 @@ def test_input_topics(name: str) -> None:
     assert decl.partitions == 6
     assert decl.configs == {"cleanup.policy": "delete", "retention.ms": SEVEN_DAYS_MS}
     assert decl.schema_file == "schemas/event.schema.json"
+
+
+def test_the_plan_topic_keeps_every_publication_in_one_partition() -> None:
+    rules = by_name(load_declarations(TOPICS_DIR))["scorestream.rules"]
+    # One partition: every worker reads all of it, in publication order; compacted on
+    # a key per publication, so the history of plans stays.
+    assert (rules.partitions, rules.configs) == (1, {"cleanup.policy": "compact"})
+    assert not rules.copartitioned
+    assert rules.schema_file == "schemas/rules.schema.json"
 
 
 def test_output_and_internal_topics() -> None:
@@ -138,7 +148,7 @@ def test_missing_configs_mean_none(tmp_path: Path) -> None:
         ({"partitions": "six"}, "partitions: must be an integer"),
         ({"partitions": 6.5}, "partitions: must be an integer"),
         ({"replication": 0}, "replication: must be >= 1"),
-        ({"role": "source"}, "role: must be one of 'input', 'output' or 'internal'"),
+        ({"role": "source"}, "role: must be one of 'input', 'output', 'internal' or 'control'"),
         ({"role": None}, "role: must be one of"),
         ({"retention": "7d"}, "retention: unknown field"),
         ({"schema_file": "schemas/event.schema.json"}, "schema_file: unknown field"),
@@ -298,6 +308,7 @@ def test_every_schema_file_is_a_valid_draft_2020_12_schema() -> None:
     assert [f.name for f in files] == [
         "dlq.schema.json",
         "event.schema.json",
+        "rules.schema.json",
         "sales_ready.schema.json",
         "scores.schema.json",
     ]

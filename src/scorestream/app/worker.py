@@ -41,18 +41,20 @@ from scorestream import clients
 from scorestream import metrics as metrics_mod
 from scorestream.access import check_bind
 from scorestream.app.kafka import FaustCommitter, Offsets, Outputs, Topology
+from scorestream.app.planwatch import PlanWatcher
 from scorestream.app.processes import supervise
 from scorestream.app.rocks import RocksStore
 from scorestream.app.web import add_views
 from scorestream.engine.rules import RulesError, RuleSet, load_rules
 from scorestream.engine.scorer import Engine
-from scorestream.engine.timeutil import US_PER_SECOND
+from scorestream.engine.timeutil import US_PER_SECOND, format_ts
 from scorestream.errors import EXIT_FAILURE, KafkaFailure, UsageError
 from scorestream.pipeline.checkpoint import Checkpointer, recover, recovery_start
 from scorestream.pipeline.processor import Processor
 from scorestream.pipeline.processor import Settings as ProcessorSettings
 from scorestream.pipeline.records import MIN_TS
 from scorestream.pipeline.routing import INPUT_TOPICS, REPARTITION, SCORES
+from scorestream.plans import Plan
 from scorestream.settings import Settings
 
 log = logging.getLogger("scorestream.worker")
@@ -124,6 +126,12 @@ class Runtime:
         self._frozen = False
         self._frozen_at = time.monotonic()
         self._exported = {"late": 0, "waited": 0.0, "timeouts": 0, "stalls": 0}
+        self._exported_rejected = 0
+        self.metrics.rules_info.labels(rules.version).set(1)
+        self._versions = {rules.version}
+        # Published plans, read to the end before anything is scored (scorestream.plans).
+        self.plans = PlanWatcher(s)
+        self._schedule_plans(self.plans.poll(to_end=True))
         self.app = self._build_app()
         self.checkpointer = Checkpointer(
             self.processor,
@@ -251,6 +259,37 @@ class Runtime:
             self._paused.difference_update(drained)
             self.app.consumer.resume_partitions(drained)
 
+    def _schedule_plans(self, found: list[tuple[Plan, Engine]]) -> None:
+        for plan, engine in found:
+            self.processor.schedule_plan(plan.effective_at, engine)
+        self._note_switches()
+
+    def watch_plans(self) -> list[tuple[Plan, Engine]]:
+        """New plans from the plan topic (runs in a thread; Kafka I/O)."""
+        return self.plans.poll()
+
+    def _note_switches(self) -> None:
+        proc = self.processor
+        m = self.metrics
+        m.rules_rejected.inc(self.plans.rejected - self._exported_rejected)
+        self._exported_rejected = self.plans.rejected
+        for version, at, late in proc.switches:
+            for shown in self._versions:
+                m.rules_info.labels(shown).set(0)
+            m.rules_info.labels(version).set(1)
+            self._versions.add(version)
+            m.rules_switches.labels("true" if late else "false").inc()
+            if late:
+                log.warning(
+                    "switched to plan %s late: events after %s had been applied with the "
+                    "previous plan before the plan was read",
+                    version,
+                    format_ts(at),
+                )
+            else:
+                log.info("switched to plan %s at %s (event time)", version, format_ts(at))
+        proc.switches.clear()
+
     def waiting(self) -> bool:
         """Records wait in the merge for something (a fetch, a hand-over)."""
         merger = self.processor.merger
@@ -263,6 +302,7 @@ class Runtime:
         touched = proc.tick(now)
         if touched:
             self.metrics.timers_fired.inc(touched)
+        self._note_switches()
         newest = proc.clock_due(now)
         if newest is not None:
             proc.send_clock(newest)
@@ -324,7 +364,11 @@ class Runtime:
                 ],
                 "handovers_awaited": merger.expected,
             },
-            "rules_version": self.engine.rules.version,
+            "rules_version": proc.engine.rules.version,
+            "plans_pending": [
+                {"version": version, "effective_at": format_ts(at)}
+                for at, version in proc.pending_plans()
+            ],
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -512,6 +556,12 @@ class Runtime:
                 await asyncio.get_running_loop().run_in_executor(None, runtime.update_lag)
 
         timer(10.0)(lag)
+
+        async def plans() -> None:
+            found = await asyncio.get_running_loop().run_in_executor(None, runtime.watch_plans)
+            runtime._schedule_plans(found)
+
+        timer(1.0)(plans)
 
         async def pump() -> None:
             while True:

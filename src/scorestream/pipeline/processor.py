@@ -153,6 +153,46 @@ class Processor:
         #: event times of the events applied since the last :meth:`take_applied_times`
         #: (the worker's event-delay histogram); None when nobody asks (offline)
         self._applied_times: list[int] | None = [] if s.schedule else None
+        #: plans to switch to, (effective_at µs, engine), in time order (scorestream.plans)
+        self._plans: list[tuple[int, Engine]] = []
+        #: (version, effective_at, late) of every switch since the last take_switches()
+        self.switches: list[tuple[str, int, bool]] = []
+
+    # ------------------------------------------------------------------ plans
+
+    def schedule_plan(self, effective_at: int, engine: Engine) -> None:
+        """Score events from event time ``effective_at`` on with ``engine``.
+
+        The switch happens before the first record the merge releases at or after that
+        time, so at the same point of the event-time order in every partition, however
+        far behind the processor is. If events past that time were already applied (the
+        plan was learnt late), it happens now and is marked late.
+        """
+        version = engine.rules.version
+        if any(at == effective_at and e.rules.version == version for at, e in self._plans):
+            return
+        self._plans.append((effective_at, engine))
+        self._plans.sort(key=lambda p: p[0])
+        if self.newest is not None and self.newest >= effective_at:
+            self._switch(self.newest, late=True)
+
+    def pending_plans(self) -> list[tuple[int, str]]:
+        """(effective_at, version) of the plans scheduled and not yet in effect."""
+        return [(at, e.rules.version) for at, e in self._plans]
+
+    def _switch(self, t: int, late: bool) -> None:
+        """Take the latest scheduled plan that is in effect at ``t``."""
+        plans = self._plans
+        engine: Engine | None = None
+        at = 0
+        while plans and plans[0][0] <= t:
+            at, engine = plans.pop(0)
+        if engine is None or engine.rules.version == self.engine.rules.version:
+            return
+        # States computed under the old plan catch up when next touched (Engine._sync_rules);
+        # timers already scheduled fire then, under this plan.
+        self.engine = engine
+        self.switches.append((engine.rules.version, at, late))
 
     # ------------------------------------------------------------------ assignment
 
@@ -331,6 +371,8 @@ class Processor:
         self.merger.refresh(now)
 
     def _apply(self, record: Record, now: float) -> None:
+        if self._plans and record.key[0] >= self._plans[0][0]:
+            self._switch(record.key[0], late=False)
         kind = record.kind
         part = self.parts[record.part]
         topic = record.topic
@@ -563,6 +605,8 @@ class Processor:
     def tick(self, now: float) -> int:
         """Fire what is due in every partition up to the watermark; return contacts touched."""
         wm = self.advance_watermark(now)
+        if self._plans and wm >= self._plans[0][0]:
+            self._switch(wm, late=False)
         touched = 0
         engine = self.engine
         for part in list(self.parts.values()):

@@ -1,0 +1,158 @@
+"""The bulk phase of ``scorestream rescore`` against a bare consumer on the same topics.
+
+    .venv/bin/python bench/rescore_bench.py [--events 1000000] [--contacts 50000]
+
+Needs the local broker (`scorestream broker start`). Pre-loads simulated traffic into
+fresh topics with a unique prefix (the declared topics of ``topics/``, deleted at the
+end), then, in the same run and in turn:
+
+* baseline: a bare confluent-kafka loop over the six input topics to their ends, in
+  batches of 10,000, ``json.loads`` of every value — the ceiling of any bulk rebuild
+  in Python;
+* rescore: the command's bulk path (``scorestream.rescore.rebuild``: the same kind of
+  consumer, every message through the worker's processor and the event-time merge,
+  in-memory states, the B2B plan), evaluated at the newest event as ``score`` does.
+
+Prints events/s of each, the ratio rescore / baseline, and what 10 million events would
+take at each rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from scorestream.engine.rules import load_rules  # noqa: E402
+from scorestream.engine.scorer import Engine  # noqa: E402
+from scorestream.engine.timeutil import US_PER_SECOND  # noqa: E402
+from scorestream.pipeline.routing import INPUT_TOPICS, topic_for  # noqa: E402
+from scorestream.rescore import rebuild  # noqa: E402
+from scorestream.settings import Settings  # noqa: E402
+from scorestream.simulate import Traffic  # noqa: E402
+from scorestream.topics import apply, load_declarations  # noqa: E402
+
+TEN_MILLION = 10_000_000
+
+
+def preload(bootstrap: str, prefix: str, events: int, contacts: int) -> int:
+    """Produce ``events`` simulated events keyed as the input contract says; return count."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "enable.idempotence": True,  # order per contact is the point
+        }
+    )
+    start = int(time.time() * US_PER_SECOND) - events * 10_000
+    traffic = Traffic(contacts, seed=4, start_us=start, rate=100.0)
+    topics: dict[str, str] = {}
+    sent = 0
+    while sent < events:
+        batch = traffic.batch(min(10_000, events - sent))
+        for kind, key, line in batch:
+            topic = topics.get(kind)
+            if topic is None:
+                topic = topics[kind] = prefix + topic_for(kind)
+            while True:
+                try:
+                    producer.produce(topic, line, key)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+        sent += len(batch)
+    assert producer.flush(120) == 0
+    return sent
+
+
+def baseline(bootstrap: str, prefix: str) -> tuple[float, int]:
+    """Events/s of a bare consume loop with json.loads per value, and the events read."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    topics = [prefix + t for t in INPUT_TOPICS]
+    meta = consumer.list_topics(timeout=10)
+    tps = [TopicPartition(t, p) for t in topics for p in meta.topics[t].partitions]
+    ends = {
+        (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps
+    }
+    total = sum(ends.values())
+    started = time.perf_counter()
+    consumer.assign([TopicPartition(tp.topic, tp.partition, 0) for tp in tps])
+    n = 0
+    loads = json.loads
+    while n < total:
+        for msg in consumer.consume(num_messages=10_000, timeout=0.2):
+            loads(msg.value() or b"")
+            n += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return n / elapsed, n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--contacts", type=int, default=50_000)
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    parser.add_argument("--rules", default=str(ROOT / "rules" / "b2b.yaml"))
+    args = parser.parse_args()
+    prefix = f"bench-{uuid.uuid4().hex[:6]}-"
+    settings = Settings(bootstrap=args.bootstrap, topic_prefix=prefix, app_id=f"{prefix}app")
+    apply(load_declarations(ROOT / "topics"), settings)
+    try:
+        began = time.perf_counter()
+        n = preload(args.bootstrap, prefix, args.events, args.contacts)
+        print(
+            f"{n:,} events of simulated traffic ({args.contacts:,} people) pre-loaded into "
+            f"{prefix}* (6 partitions each) in {time.perf_counter() - began:.0f} s"
+        )
+        base, read = baseline(args.bootstrap, prefix)
+        result = rebuild(Engine(load_rules(args.rules)), settings)
+        assert read == n and result.messages == n, (read, result.messages, n)
+        contacts = sum(1 for _ in result.processor.states())
+        print(f"{'bulk read':<52}{'events/s':>10}{'x baseline':>12}{'10M events':>12}")
+        for name, rate in (
+            ("baseline: confluent-kafka consume + json.loads", base),
+            ("rescore bulk path (processor, merge, B2B plan)", result.rate),
+        ):
+            print(f"{name:<52}{rate:>10,.0f}{rate / base:>12.2f}{_minutes(TEN_MILLION / rate):>12}")
+        print(
+            f"rescore: {contacts:,} contacts rebuilt, {result.history_crossings:,} crossings "
+            f"replayed, {result.invalid:,} invalid"
+        )
+    finally:
+        admin = AdminClient({"bootstrap.servers": args.bootstrap})
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+        if names:
+            for f in admin.delete_topics(names).values():
+                f.result()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+if __name__ == "__main__":
+    main()

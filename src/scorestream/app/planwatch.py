@@ -1,0 +1,99 @@
+"""The worker's reader of the plan topic (see :mod:`scorestream.plans`).
+
+Every worker reads the whole ``scorestream.rules`` topic (one partition, no consumer
+group: each worker needs every plan), once to its end before it scores anything, then
+every second for new plans. Each plan is validated; a valid one is handed to the
+processor with its effective time, an invalid one is logged and counted and never runs.
+A topic that cannot be read (missing, Kafka away) is retried; meanwhile the worker keeps
+the plans it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from scorestream import clients
+from scorestream.engine.scorer import Engine
+from scorestream.engine.timeutil import format_ts
+from scorestream.plans import RULES_TOPIC, Plan, PlanError, decode_plan
+from scorestream.settings import Settings
+
+log = logging.getLogger("scorestream.plans")
+
+
+class PlanWatcher:
+    """Reads new plan records; :meth:`poll` returns the valid ones and counts the rest."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic(RULES_TOPIC)
+        self.settings = settings
+        self.position = 0
+        self.rejected = 0
+        self._consumer: Consumer | None = None
+        self._warned = False
+
+    def _open(self) -> Consumer:
+        if self._consumer is None:
+            group = f"{self.settings.app_id}-plans-{uuid.uuid4().hex[:8]}"
+            consumer = Consumer(clients.reader(self.settings, group))
+            consumer.assign([TopicPartition(self.topic, 0, self.position)])
+            self._consumer = consumer
+        return self._consumer
+
+    def poll(self, to_end: bool = False) -> list[tuple[Plan, Engine]]:
+        """New valid plans since the last call. ``to_end``: read up to the topic's end
+        first (start-up), rather than what has arrived."""
+        try:
+            consumer = self._open()
+            end = self.position
+            if to_end:
+                tp = TopicPartition(self.topic, 0)
+                _, end = consumer.get_watermark_offsets(tp, timeout=10)
+            found: list[tuple[Plan, Engine]] = []
+            while True:
+                batch = consumer.consume(num_messages=100, timeout=0.5 if to_end else 0.0)
+                for msg in batch:
+                    if msg.error():
+                        raise KafkaException(msg.error())
+                    self.position = (msg.offset() or 0) + 1
+                    accepted = self._accept(msg.value(), msg.offset() or 0)
+                    if accepted is not None:
+                        found.append(accepted)
+                if not batch and self.position >= end:
+                    break
+                if not batch and not to_end:
+                    break
+        except KafkaException as exc:
+            if not self._warned:
+                log.warning("cannot read %s (%s): keeping the current plan", self.topic, exc)
+                self._warned = True
+            self.close()
+            return []
+        self._warned = False
+        return found
+
+    def _accept(self, value: bytes | None, offset: int) -> tuple[Plan, Engine] | None:
+        try:
+            plan = decode_plan(value)
+            rules = plan.rules()
+        except PlanError as exc:
+            self.rejected += 1
+            log.error("%s offset %d: refused, not a valid plan: %s", self.topic, offset, exc)
+            return None
+        log.info(
+            "plan %s (%s, published %s) takes effect at %s",
+            plan.version,
+            plan.source,
+            format_ts(plan.published_at),
+            format_ts(plan.effective_at),
+        )
+        return plan, Engine(rules)
+
+    def close(self) -> None:
+        """Close the consumer (a later poll opens a new one where this one was)."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
