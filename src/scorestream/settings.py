@@ -59,6 +59,13 @@ class Settings:
     topic_prefix: str = field(
         default="", metadata={"doc": "prefix added to every declared topic name (tests, tenants)"}
     )
+    event_retention_days: float = field(
+        default=0.0,
+        metadata={
+            "doc": "days of history `topics apply` keeps on the input topics, which is what "
+            "`rescore` can rebuild from; 0: as declared in topics/ (7 days), -1: forever"
+        },
+    )
     app_id: str = field(
         default="scorestream",
         metadata={"doc": "Faust app id = consumer group; local state under STATE_DIR/APP_ID"},

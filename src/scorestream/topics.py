@@ -28,7 +28,7 @@ from pydantic_core import ErrorDetails
 
 from scorestream import clients
 from scorestream.errors import KafkaFailure, UsageError
-from scorestream.settings import Settings
+from scorestream.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -461,6 +461,28 @@ class _Applier:
         return True
 
 
+def with_retention(decls: list[TopicDecl], settings: Settings) -> list[TopicDecl]:
+    """The declarations with ``EVENT_RETENTION_DAYS`` applied to the input topics.
+
+    The input topics' retention is how far back ``rescore`` can rebuild contacts, and
+    how much disk they take: a deployment chooses it without editing ``topics/``.
+    """
+    days = settings.event_retention_days
+    if days == 0:
+        return decls
+    if days < 0 and days != -1:
+        raise ConfigError(
+            f"SCORESTREAM_EVENT_RETENTION_DAYS: expected days > 0, 0 or -1, got {days:g}"
+        )
+    ms = "-1" if days == -1 else str(round(days * 86_400_000))
+    return [
+        d.model_copy(update={"configs": {**d.configs, "retention.ms": ms}})
+        if d.role == "input"
+        else d
+        for d in decls
+    ]
+
+
 def apply(
     decls: list[TopicDecl],
     settings: Settings,
@@ -486,7 +508,7 @@ def apply(
         raise KafkaUnavailableError(
             f"cannot reach Kafka at {settings.bootstrap} within {timeout:.0f} s: {reason}"
         ) from None
-    declared = {settings.topic(d.name): d for d in decls}
+    declared = {settings.topic(d.name): d for d in with_retention(decls, settings)}
     missing = [(name, d) for name, d in declared.items() if name not in metadata.topics]
     results = run.create(missing) if missing else {}
 

@@ -12,7 +12,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from scorestream import cli, topics
-from scorestream.settings import Settings
+from scorestream.settings import ConfigError, Settings
 from scorestream.topics import TopicDecl, TopicDeclarationError, load_declarations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -457,3 +457,27 @@ def test_the_dlq_schema() -> None:
     assert not check.is_valid({**DLQ, "error": ""})
     for field in DLQ:
         assert not check.is_valid({k: v for k, v in DLQ.items() if k != field}), field
+
+
+@pytest.mark.parametrize(("days", "expected"), [(400.0, str(400 * 86_400_000)), (-1.0, "-1")])
+def test_event_retention_days_set_the_input_topics_retention_only(
+    days: float, expected: str
+) -> None:
+    decls = load_declarations(ROOT / "topics")
+    changed = topics.with_retention(decls, Settings(event_retention_days=days))
+    for before, after in zip(decls, changed, strict=True):
+        if before.role == "input":
+            assert after.configs["retention.ms"] == expected
+            assert {k: v for k, v in after.configs.items() if k != "retention.ms"} == {
+                k: v for k, v in before.configs.items() if k != "retention.ms"
+            }
+        else:
+            assert after == before
+    assert sum(d.role == "input" for d in decls) == 6
+
+
+def test_event_retention_days_zero_keeps_the_declarations_and_bad_values_fail() -> None:
+    decls = load_declarations(ROOT / "topics")
+    assert topics.with_retention(decls, Settings()) == decls
+    with pytest.raises(ConfigError, match="EVENT_RETENTION_DAYS"):
+        topics.with_retention(decls, Settings(event_retention_days=-3.0))
