@@ -16,7 +16,10 @@ in the same run against:
 * a quix-streams 3.28 app running this project's engine per message with its state in
   quix's RocksDB store (``bench/quix_peer.py``, in ``.venv-peer``: ``make bench`` makes
   it; skipped with a note if it is missing);
-* and ``scorestream worker --processes 2`` against one process (more workers per host).
+* and ``scorestream worker --processes 2`` against one process (more workers per host):
+  from the start over the backlog (the second process's join and the rebalance
+  included), and on a fresh backlog with the group settled (``--steady-events``; the
+  workers are frozen while it is produced, so the figure is the processing rate).
 """
 
 from __future__ import annotations
@@ -166,6 +169,8 @@ def start_worker(
         "SCORESTREAM_WEB_PORT": str(port),
         "SCORESTREAM_RULES": str(ROOT / "rules" / "b2b.yaml"),
         "SCORESTREAM_LOG_LEVEL": "warning",
+        # outlasts the freeze of steady(): no rebalance while the backlog is produced
+        "SCORESTREAM_SESSION_TIMEOUT": "30",
     }
     with open(tmp / "worker.log", "ab") as log:
         return subprocess.Popen(
@@ -180,13 +185,16 @@ def start_worker(
 def run_worker(
     bootstrap: str, prefix: str, n: int, tmp: Path, port: int, processes: int = 1
 ) -> tuple[float, Any]:
+    """The worker's rate over the backlog of ``n`` events, from its start of work."""
     proc = start_worker(bootstrap, prefix, tmp, port, processes)
     first = done = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         progress = sum(input_progress(port + i, prefix) for i in range(processes))
         now = time.time()
-        if progress > 0 and first is None:
+        # The last time nothing was applied yet: a busy worker answers /status late, so
+        # the first answer showing progress can come long after work began.
+        if progress == 0:
             first = now
         if progress >= n:
             done = now
@@ -194,6 +202,53 @@ def run_worker(
         time.sleep(0.02)
     assert first is not None and done is not None, (tmp / "worker.log").read_text()[-3000:]
     return n / max(done - first, 1e-3), proc
+
+
+def settled(ports: list[int], prefix: str, n: int) -> bool:
+    """Every process owns partitions, together all six, and all ``n`` events are applied."""
+    owned = [status(port).get("partitions", {}) for port in ports]
+    parts = [p for o in owned for p in o]
+    total = sum(input_progress(port, prefix) for port in ports)
+    return all(owned) and sorted(parts) == [str(i) for i in range(6)] and total >= n
+
+
+def steady(
+    proc: subprocess.Popen[bytes],
+    ports: list[int],
+    bootstrap: str,
+    prefix: str,
+    n: int,
+    extra: list[dict[str, Any]],
+) -> float:
+    """Rate on a fresh backlog with the group settled (no rebalance in the measurement).
+
+    The workers are frozen (SIGSTOP) while the backlog is produced, so it is all in
+    Kafka when they go on; the session timeout of the bench workers (30 s) outlasts the
+    freeze, so no rebalance follows.
+    """
+    deadline = time.monotonic() + 300
+    stable_since = None
+    while True:
+        assert time.monotonic() < deadline, "the workers never settled"
+        if settled(ports, prefix, n):
+            stable_since = stable_since or time.monotonic()
+            if time.monotonic() - stable_since > 3:
+                break
+        else:
+            stable_since = None
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        produce_all(bootstrap, prefix, extra)
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+    began = time.time()
+    target = n + len(extra)
+    while time.monotonic() < deadline + 300:
+        if sum(input_progress(port, prefix) for port in ports) >= target:
+            return len(extra) / (time.time() - began)
+        time.sleep(0.02)
+    raise AssertionError("the workers did not apply the fresh backlog")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -276,6 +331,7 @@ def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[st
         ahead = began + (i + 1) / rate - time.monotonic()
         if ahead > 0.001:
             time.sleep(ahead)
+    sending = time.monotonic() - began
     prod.flush(30)
     time.sleep(3)
     try:
@@ -302,7 +358,7 @@ def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[st
         "p50_ms": q[49] * 1000,
         "p99_ms": q[98] * 1000,
         "max_ms": max(latencies) * 1000 if latencies else float("nan"),
-        "achieved_rate": total / (time.monotonic() - began),
+        "achieved_rate": total / sending,
     }
 
 
@@ -325,6 +381,12 @@ def main() -> None:
         default=True,
         help="also run `scorestream worker --processes 2` on the same backlog",
     )
+    parser.add_argument(
+        "--steady-events",
+        type=int,
+        default=100_000,
+        help="fresh backlog produced while the settled workers are frozen (steady rate)",
+    )
     args = parser.parse_args()
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}-"
@@ -339,6 +401,22 @@ def main() -> None:
             break
     produce_all(args.bootstrap, prefix, events)
     n = len(events)
+    newest = [now]
+
+    def fresh(count: int) -> list[dict[str, Any]]:
+        """``count`` events of the same people, newer than everything before and ending
+        about now (10,000 a second of event time), as a backlog after an outage would."""
+        rate = 10_000.0
+        span = int(count / rate * US_PER_SECOND)
+        start = max(int(time.time() * US_PER_SECOND) - span, newest[0] + 1)
+        out = []
+        for ev in Traffic(5000, seed=len(newest) + 3, start_us=start, rate=rate):
+            out.append(ev)
+            if len(out) >= count:
+                break
+        newest[0] = start + span
+        return out
+
     print(f"{n} events of simulated traffic pre-loaded into {prefix}* (6 partitions each)")
     worker = None
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -347,11 +425,16 @@ def main() -> None:
             noop = run_faust("noop", args.bootstrap, prefix, n, tmp)
             table = run_faust("table", args.bootstrap, prefix, n, tmp)
             quix = run_quix(args.bootstrap, prefix, n, tmp)
-            two = None
+            two = two_steady = None
+            extra = fresh(args.steady_events)
+            total = n
             if args.processes:
-                two, pair = run_worker(args.bootstrap, prefix, n, tmp, 6097, processes=2)
+                two, pair = run_worker(args.bootstrap, prefix, total, tmp, 6097, processes=2)
+                two_steady = steady(pair, [6097, 6098], args.bootstrap, prefix, total, extra)
+                total += len(extra)
                 stop(pair)
-            ours, worker = run_worker(args.bootstrap, prefix, n, tmp, 6099)
+            ours, worker = run_worker(args.bootstrap, prefix, total, tmp, 6099)
+            one_steady = steady(worker, [6099], args.bootstrap, prefix, total, fresh(len(extra)))
             print(f"{'consumer':<52}{'events/s':>10}{'x no-op':>10}")
             rows = [
                 ("Faust no-op agent", noop),
@@ -366,7 +449,19 @@ def main() -> None:
                     print(f"{name:<52}{rate:>10,.0f}{rate / noop:>10.2f}")
             if two is not None:
                 print(f"{'scorestream worker --processes 2':<52}{two:>10,.0f}{two / noop:>10.2f}")
-                print(f"two processes / one process: {two / ours:.2f}")
+                print(
+                    f"two processes / one process from start (rebalance included): {two / ours:.2f}"
+                )
+            print(
+                f"steady backlog of {len(extra):,} events, group settled: one process "
+                f"{one_steady:,.0f} events/s"
+                + (
+                    f", two processes {two_steady:,.0f} events/s, ratio "
+                    f"{two_steady / one_steady:.2f}"
+                    if two_steady is not None
+                    else ""
+                )
+            )
             if quix is not None:
                 print(f"scorestream worker / quix-streams peer: {ours / quix:.2f}")
             for rate in (float(r) for r in args.rates.split(",") if r.strip()):

@@ -1,0 +1,77 @@
+"""One worker alone under steady live traffic: latency, its CPU, and what the merge waited.
+
+    .venv/bin/python bench/live_probe.py [RATE]   # default 5000 events/s, 20 s
+
+Needs the local broker. Starts ``scorestream worker`` on fresh topics (nothing to
+catch up), sends RATE events/s with ``worker_bench.latency`` (every 8th event completes a
+probe contact's fourth pricing visit), samples the worker's CPU every 2 s, and prints
+the merge's waiting time and the late events from its ``/metrics``. A diagnosis tool,
+not a comparison: it says whether a worker that misses a latency goal is short of CPU
+or waiting in the event-time merge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import worker_bench as wb
+from scorestream.settings import Settings
+from scorestream.topics import apply, load_declarations
+
+
+def cpu_seconds(pid: str) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    rate = float(sys.argv[1]) if len(sys.argv) > 1 else 5000.0
+    bootstrap = os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
+    prefix = f"live-{uuid.uuid4().hex[:6]}-"
+    apply(load_declarations(wb.ROOT / "topics"), Settings(bootstrap=bootstrap, topic_prefix=prefix))
+    tmp = Path(tempfile.mkdtemp())
+    proc = wb.start_worker(bootstrap, prefix, tmp, 6099)
+    try:
+        while not wb.status(6099).get("partitions"):
+            time.sleep(0.5)
+        time.sleep(2)
+        pids = [str(proc.pid)]  # `worker --processes 1` runs in the process it starts
+        samples: list[dict[str, float]] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            before = {p: cpu_seconds(p) for p in pids}
+            began = time.time()
+            while not done.wait(2.0):
+                after = {p: cpu_seconds(p) for p in pids}
+                now = time.time()
+                samples.append({p: round((after[p] - before[p]) / (now - began), 2) for p in pids})
+                before, began = after, now
+
+        threading.Thread(target=sample, daemon=True).start()
+        result = wb.latency(bootstrap, prefix, rate, 20)
+        done.set()
+        print(json.dumps(result))
+        print("worker CPU (cores) every 2 s:", samples)
+        with urllib.request.urlopen("http://127.0.0.1:6099/metrics", timeout=10) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(
+                    ("scorestream_merge_wait_seconds_total", "scorestream_late_events_total")
+                ):
+                    print(line)
+    finally:
+        wb.stop(proc)
+
+
+if __name__ == "__main__":
+    main()
