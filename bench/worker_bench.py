@@ -77,20 +77,11 @@ def produce_all(bootstrap: str, prefix: str, events: list[dict[str, Any]]) -> No
     assert p.flush(60) == 0
 
 
-def run_faust(mode: str, bootstrap: str, prefix: str, n: int, tmp: Path) -> float:
-    result = tmp / f"{mode}.json"
-    env = {
-        **os.environ,
-        "BENCH_TOPICS": ",".join(prefix + t for t in INPUT_TOPICS),
-        "BENCH_N": str(n),
-        "BENCH_MODE": mode,
-        "BENCH_RESULT": str(result),
-        "BENCH_BOOTSTRAP": bootstrap,
-        "BENCH_APP": f"{prefix}{mode}",
-        "BENCH_STATE": str(tmp / f"faust-{mode}"),
-    }
+def run_baseline(command: list[str], env: dict[str, str], n: int, result: Path) -> float:
+    """Run a baseline consumer to its end; its rate from the first to the last event it
+    saw, as it wrote them to ``result``."""
     proc = subprocess.Popen(
-        [PYTHON, str(ROOT / "bench" / "faust_baseline.py"), "worker", "-l", "warn"],
+        command,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -103,6 +94,22 @@ def run_faust(mode: str, bootstrap: str, prefix: str, n: int, tmp: Path) -> floa
             os.killpg(proc.pid, signal.SIGKILL)
     doc = json.loads(result.read_text())
     return float(n / (doc["done"] - doc["first"]))
+
+
+def run_faust(mode: str, bootstrap: str, prefix: str, n: int, tmp: Path) -> float:
+    result = tmp / f"{mode}.json"
+    env = {
+        **os.environ,
+        "BENCH_TOPICS": ",".join(prefix + t for t in INPUT_TOPICS),
+        "BENCH_N": str(n),
+        "BENCH_MODE": mode,
+        "BENCH_RESULT": str(result),
+        "BENCH_BOOTSTRAP": bootstrap,
+        "BENCH_APP": f"{prefix}{mode}",
+        "BENCH_STATE": str(tmp / f"faust-{mode}"),
+    }
+    command = [PYTHON, str(ROOT / "bench" / "faust_baseline.py"), "worker", "-l", "warn"]
+    return run_baseline(command, env, n, result)
 
 
 def run_quix(bootstrap: str, prefix: str, n: int, tmp: Path) -> float | None:
@@ -121,20 +128,7 @@ def run_quix(bootstrap: str, prefix: str, n: int, tmp: Path) -> float | None:
         "BENCH_STATE": str(tmp / "quix-state"),
         "BENCH_RULES": str(ROOT / "rules" / "b2b.yaml"),
     }
-    proc = subprocess.Popen(
-        [str(python), str(ROOT / "bench" / "quix_peer.py")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        proc.wait(600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    doc = json.loads(result.read_text())
-    return float(n / (doc["done"] - doc["first"]))
+    return run_baseline([str(python), str(ROOT / "bench" / "quix_peer.py")], env, n, result)
 
 
 def status(port: int) -> dict[str, Any]:
