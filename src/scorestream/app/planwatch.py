@@ -24,6 +24,10 @@ from scorestream.settings import Settings
 log = logging.getLogger("scorestream.plans")
 
 
+#: empty polls of 0.5 s at start-up before going on without reaching the end
+START_POLLS = 20
+
+
 class PlanWatcher:
     """Reads new plan records; :meth:`poll` returns the valid ones and counts the rest."""
 
@@ -53,6 +57,7 @@ class PlanWatcher:
                 tp = TopicPartition(self.topic, 0)
                 _, end = consumer.get_watermark_offsets(tp, timeout=10)
             found: list[tuple[Plan, Engine]] = []
+            empty = 0
             while True:
                 batch = consumer.consume(num_messages=100, timeout=0.5 if to_end else 0.0)
                 for msg in batch:
@@ -62,9 +67,25 @@ class PlanWatcher:
                     accepted = self._accept(msg.value(), msg.offset() or 0)
                     if accepted is not None:
                         found.append(accepted)
-                if not batch and self.position >= end:
+                if batch:
+                    empty = 0
+                    continue
+                if not to_end or self.position >= end:
                     break
-                if not batch and not to_end:
+                # Compaction can leave the end beyond the last record (a removed
+                # tombstone): the consumer's position then passes it with nothing read.
+                (at,) = consumer.position([TopicPartition(self.topic, 0)])
+                if at.offset >= end:
+                    self.position = at.offset
+                    break
+                empty += 1
+                if empty >= START_POLLS:
+                    log.warning(
+                        "%s: nothing read up to offset %d in %.0f s; going on with the plans read",
+                        self.topic,
+                        end,
+                        START_POLLS * 0.5,
+                    )
                     break
         except KafkaException as exc:
             if not self._warned:
