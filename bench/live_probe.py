@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from confluent_kafka.admin import AdminClient
+
 import worker_bench as wb
 from scorestream.settings import Settings
 from scorestream.topics import apply, load_declarations
@@ -71,6 +73,11 @@ def main() -> None:
                     print(line)
     finally:
         wb.stop(proc)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+        if names:
+            for future in admin.delete_topics(names).values():
+                future.result()
 
 
 if __name__ == "__main__":
