@@ -37,7 +37,6 @@ from typing import Any
 
 import aiohttp
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -46,7 +45,7 @@ from scorestream import clients  # noqa: E402
 from scorestream.pipeline.routing import topic_for  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
 from scorestream.simulate import Traffic  # noqa: E402
-from scorestream.topics import apply, load_declarations  # noqa: E402
+from scorestream.topics import apply, delete_prefixed, load_declarations  # noqa: E402
 
 KEY = "wk_bench_0123456789"
 BATCH = 20
@@ -222,10 +221,7 @@ def main() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
-        admin = AdminClient({"bootstrap.servers": settings.bootstrap})
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-        for fut in admin.delete_topics(names, operation_timeout=30).values():
-            fut.result()
+        delete_prefixed(settings)
 
     print(f"collector on loopback, concurrency {args.concurrency}, acks=all")
     print(f"{'load':<28} {'events':>7} {'events/s':>9} {'p50 ms':>7} {'p99 ms':>7}  answers")

@@ -24,11 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from confluent_kafka.admin import AdminClient
 
 import worker_bench as wb
 from scorestream.settings import Settings
-from scorestream.topics import apply, load_declarations
+from scorestream.topics import apply, delete_prefixed, load_declarations
 
 
 def cpu_seconds(pid: str) -> float:
@@ -40,7 +39,8 @@ def main() -> None:
     rate = float(sys.argv[1]) if len(sys.argv) > 1 else 5000.0
     bootstrap = os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
     prefix = f"live-{uuid.uuid4().hex[:6]}-"
-    apply(load_declarations(wb.ROOT / "topics"), Settings(bootstrap=bootstrap, topic_prefix=prefix))
+    settings = Settings(bootstrap=bootstrap, topic_prefix=prefix)
+    apply(load_declarations(wb.ROOT / "topics"), settings)
     tmp = Path(tempfile.mkdtemp())
     proc = wb.start_worker(bootstrap, prefix, tmp, 6099)
     try:
@@ -73,11 +73,7 @@ def main() -> None:
                     print(line)
     finally:
         wb.stop(proc)
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-        if names:
-            for future in admin.delete_topics(names).values():
-                future.result()
+        delete_prefixed(settings)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -40,7 +39,7 @@ from scorestream.pipeline.routing import INPUT_TOPICS, topic_for  # noqa: E402
 from scorestream.rescore import rebuild  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
 from scorestream.simulate import Traffic  # noqa: E402
-from scorestream.topics import apply, load_declarations  # noqa: E402
+from scorestream.topics import apply, delete_prefixed, load_declarations  # noqa: E402
 
 TEN_MILLION = 10_000_000
 
@@ -143,11 +142,7 @@ def main() -> None:
             f"replayed, {result.invalid:,} invalid"
         )
     finally:
-        admin = AdminClient({"bootstrap.servers": args.bootstrap})
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-        if names:
-            for f in admin.delete_topics(names).values():
-                f.result()
+        delete_prefixed(settings)
 
 
 def _minutes(seconds: float) -> str:

@@ -38,7 +38,6 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -46,7 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from scorestream import clients  # noqa: E402
 from scorestream.pipeline.routing import topic_for  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
-from scorestream.topics import apply, load_declarations  # noqa: E402
+from scorestream.topics import apply, delete_prefixed, load_declarations  # noqa: E402
 
 START = "2026-03-01T00:00:00Z"
 
@@ -142,11 +141,7 @@ def main() -> None:
                 rows.append((people, "kafka", n / took, n / kafka_baseline(messages, settings)))
     finally:
         if not args.no_kafka:
-            admin = AdminClient({"bootstrap.servers": args.bootstrap})
-            names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-            if names:
-                for fut in admin.delete_topics(names, operation_timeout=30).values():
-                    fut.result()
+            delete_prefixed(settings)
 
     print(f"scorestream simulate, {n:,} events per measurement, --rate 0, seed 1")
     print(f"{'contacts':>9} {'sink':<6} {'simulate ev/s':>14} {'baseline ev/s':>14} {'ratio':>6}")

@@ -36,11 +36,11 @@ import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -49,7 +49,7 @@ from scorestream.engine.timeutil import US_PER_SECOND, format_ts  # noqa: E402
 from scorestream.pipeline.routing import INPUT_TOPICS, topic_for  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
 from scorestream.simulate import Traffic  # noqa: E402
-from scorestream.topics import apply, load_declarations  # noqa: E402
+from scorestream.topics import apply, delete_prefixed, load_declarations  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -471,11 +471,9 @@ def main() -> None:
                 stop(worker)
             if args.keep_log and (tmp / "worker.log").exists():
                 Path(args.keep_log).write_bytes((tmp / "worker.log").read_bytes())
-            admin = AdminClient({"bootstrap.servers": args.bootstrap})
-            names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-            if names:
-                for f in admin.delete_topics(names).values():
-                    f.result()
+            delete_prefixed(settings)
+            # quix-streams names its changelog topics changelog__<app id>--...
+            delete_prefixed(replace(settings, topic_prefix=f"changelog__{prefix}"))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pytest
 
 from scorestream import broker
 from scorestream.settings import Settings
-from scorestream.topics import TopicDecl, apply, load_declarations
+from scorestream.topics import TopicDecl, apply, delete_prefixed, load_declarations
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS_DIR = ROOT / "topics"
@@ -72,17 +72,8 @@ def topic_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
     prefix = f"t-{uuid.uuid4().hex[:8]}-"
     yield prefix
     if "kafka_bootstrap" in request.fixturenames:
-        _delete_topics(request.getfixturevalue("kafka_bootstrap"), prefix)
-
-
-def _delete_topics(bootstrap: str, prefix: str) -> None:
-    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
-    if names:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
-            future.result()
+        bootstrap = request.getfixturevalue("kafka_bootstrap")
+        delete_prefixed(Settings(bootstrap=bootstrap, topic_prefix=prefix))
 
 
 @pytest.fixture

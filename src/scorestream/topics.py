@@ -261,6 +261,22 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(clients.admin(settings, _kafka_log))
 
 
+def delete_prefixed(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with the configured prefix; return them.
+
+    The clean-up of tests and benchmarks, which run on topics of their own prefix. An
+    empty prefix is refused: it would name every topic of the cluster.
+    """
+    if not settings.topic_prefix:
+        raise ValueError("refusing to delete topics without a topic prefix")
+    admin = admin_client(settings)
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=timeout).values():
+            future.result()
+    return names
+
+
 def _same_value(key: str, declared: str, actual: str | None) -> bool:
     if actual is None:
         return False

@@ -481,3 +481,9 @@ def test_event_retention_days_zero_keeps_the_declarations_and_bad_values_fail() 
     assert topics.with_retention(decls, Settings()) == decls
     with pytest.raises(ConfigError, match="EVENT_RETENTION_DAYS"):
         topics.with_retention(decls, Settings(event_retention_days=-3.0))
+
+
+def test_deleting_topics_needs_a_prefix() -> None:
+    # Checked before any Kafka call: nothing listens on this bootstrap.
+    with pytest.raises(ValueError, match="without a topic prefix"):
+        topics.delete_prefixed(Settings(bootstrap="127.0.0.1:1"))
