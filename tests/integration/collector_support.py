@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import ROOT, free_port, read_topic
+from support import free_port, log_tail, metric_value, read_topic, spawn, stop_process
 
 KEY = "wk_test_site_0001"
 
@@ -51,23 +48,13 @@ class CollectorProc:
 
     def start(self) -> CollectorProc:
         env = {
-            **os.environ,
             "SCORESTREAM_BOOTSTRAP": self.bootstrap,
             "SCORESTREAM_TOPIC_PREFIX": self.prefix,
             "SCORESTREAM_COLLECTOR_PORT": str(self.port),
             "SCORESTREAM_COLLECTOR_SITES": str(self.sites),
             **self.extra_env,
         }
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "scorestream", "collect"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=ROOT,
-            )
+        self.proc = spawn("collect", env, self.log_path)
         return self
 
     @property
@@ -110,31 +97,14 @@ class CollectorProc:
     def metric(self, name: str, labels: str = "") -> float:
         """One sample of /metrics, e.g. ``metric("x_total", 'reason="busy"')``."""
         with urllib.request.urlopen(self.base + "/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        wanted = f"{name}{{{labels}}}" if labels else name
-        for line in text.splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+            value = metric_value(resp.read().decode(), name, labels)
+        return 0.0 if value is None else value
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc, 30)
 
     def tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 def events_in(bootstrap: str, topic: str) -> list[tuple[bytes | None, dict[str, Any], int]]:

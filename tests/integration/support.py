@@ -36,6 +36,51 @@ def free_port() -> int:
         return port
 
 
+def spawn(command: str, env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m scorestream COMMAND ARGS`` in a session of its own (so a signal reaches
+    its children too), output appended to ``log_path``, environment ``os.environ + env``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "scorestream", command, *args],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], wait: float) -> int | None:
+    """SIGTERM to the process group; SIGKILL if it has not exited within ``wait`` s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a process log (for assertion messages)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float | None:
+    """One sample of a Prometheus text page, e.g. ``("x_total", 'reason="busy"')``."""
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 @dataclass
 class WorkerProc:
     """One ``scorestream worker`` subprocess."""
@@ -57,7 +102,6 @@ class WorkerProc:
 
     def start(self) -> WorkerProc:
         env = {
-            **os.environ,
             "SCORESTREAM_BOOTSTRAP": self.bootstrap,
             "SCORESTREAM_TOPIC_PREFIX": self.prefix,
             "SCORESTREAM_APP_ID": f"{self.prefix}app",
@@ -68,16 +112,7 @@ class WorkerProc:
             "SCORESTREAM_TICK_INTERVAL": "0.2",
             **self.extra_env,
         }
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "scorestream", "worker", *self.args],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=ROOT,
-            )
+        self.proc = spawn("worker", env, self.log_path, *self.args)
         return self
 
     def url(self, path: str) -> str:
@@ -122,21 +157,11 @@ class WorkerProc:
         self.proc.wait(30)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(40)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, 40)
 
     def tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 def producer(bootstrap: str) -> Producer:

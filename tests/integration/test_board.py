@@ -14,10 +14,6 @@ them the test fails rather than skips.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, WorkerProc, free_port, produce, wait_processed
+from support import ROOT, WorkerProc, free_port, produce, spawn, stop_process, wait_processed
 
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts
 
@@ -45,15 +41,7 @@ class BoardProc:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "scorestream", "board"],
-                env={**os.environ, **env, "SCORESTREAM_BOARD_PORT": str(self.port)},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=ROOT,
-            )
+        self.proc = spawn("board", {**env, "SCORESTREAM_BOARD_PORT": str(self.port)}, log_path)
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -82,13 +70,7 @@ class BoardProc:
         raise AssertionError(f"board not ready: {self.log_path.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process(self.proc, 20)
 
 
 def browser(profile: Path) -> Any:

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
-from support import ROOT, WorkerProc, crossings_by_id, produce, read_topic, wait_processed
+from support import (
+    ROOT,
+    WorkerProc,
+    crossings_by_id,
+    metric_value,
+    produce,
+    read_topic,
+    wait_processed,
+)
 
 from scorestream.engine.rules import parse_rules
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
@@ -53,11 +61,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def metric(worker: WorkerProc, name: str, labels: str = "") -> float | None:
     with urllib.request.urlopen(worker.url("/metrics"), timeout=10) as resp:
-        text = resp.read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + (f"{{{labels}}}" if labels else " ")):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+        return metric_value(resp.read().decode(), name, labels)
 
 
 def wait_for(check: Any, what: str, worker: WorkerProc, timeout: float = 30.0) -> None:
