@@ -169,6 +169,8 @@ def test_events_from_the_effective_time_on_are_scored_with_the_new_plan(seed: in
     proc = member.proc
     assert proc.engine.rules.version == NEW.version
     assert proc.switches == [(NEW.version, T0 + 60 * MINUTE, False)]
+    assert proc.take_switches() == [(NEW.version, T0 + 60 * MINUTE, False)]
+    assert proc.take_switches() == []  # each switch is reported once
     at = T0 + 100 * MINUTE
     for state in proc.states():
         # three visits before 60 min at 10 points, two after at 25: whatever the read order

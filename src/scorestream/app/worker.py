@@ -273,7 +273,7 @@ class Runtime:
         m = self.metrics
         m.rules_rejected.inc(self.plans.rejected - self._exported_rejected)
         self._exported_rejected = self.plans.rejected
-        for version, at, late in proc.switches:
+        for version, at, late in proc.take_switches():
             for shown in self._versions:
                 m.rules_info.labels(shown).set(0)
             m.rules_info.labels(version).set(1)
@@ -288,7 +288,6 @@ class Runtime:
                 )
             else:
                 log.info("switched to plan %s at %s (event time)", version, format_ts(at))
-        proc.switches.clear()
 
     def waiting(self) -> bool:
         """Records wait in the merge for something (a fetch, a hand-over)."""

@@ -176,6 +176,11 @@ class Processor:
         if self.newest is not None and self.newest >= effective_at:
             self._switch(self.newest, late=True)
 
+    def take_switches(self) -> list[tuple[str, int, bool]]:
+        """(version, effective_at, late) of the plan switches since the last call."""
+        switches, self.switches = self.switches, []
+        return switches
+
     def pending_plans(self) -> list[tuple[int, str]]:
         """(effective_at, version) of the plans scheduled and not yet in effect."""
         return [(at, e.rules.version) for at, e in self._plans]
