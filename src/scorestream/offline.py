@@ -23,6 +23,7 @@ from typing import IO, Any
 from scorestream.engine.events import InvalidEvent, decode_event
 from scorestream.engine.rules import RulesError, RuleSet, load_rules
 from scorestream.engine.scorer import Crossing, Engine
+from scorestream.engine.state import ContactState
 from scorestream.engine.timeutil import TimeFormatError, parse_ts
 from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from scorestream.pipeline.processor import Processor
@@ -85,11 +86,16 @@ class OfflineRun:
             return
         engine = self.engine
         for state in self.processor.states():
-            yield {
-                "contact_id": state.key,
-                "scores": engine.scores(state, self.at),
-                "tiers": engine.tiers(state),
-            }
+            yield score_row(engine, state, self.at)
+
+
+def score_row(engine: Engine, state: ContactState, at: int) -> dict[str, Any]:
+    """A contact's line of ``scorestream score``: its scores at ``at`` and its tiers."""
+    return {
+        "contact_id": state.key,
+        "scores": engine.scores(state, at),
+        "tiers": engine.tiers(state),
+    }
 
 
 def load_rules_or_usage(path: str) -> RuleSet:
@@ -256,7 +262,8 @@ def parse_at(text: str | None) -> int | None:
         raise UsageError(f"--at: {exc}") from None
 
 
-def _dump(obj: Any) -> str:
+def dump_line(obj: Any) -> str:
+    """One JSONL line as the offline commands print them."""
     return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
 
 
@@ -273,7 +280,7 @@ def score_command(args: argparse.Namespace) -> int:
         try:
             with open(args.crossings, "w", encoding="utf-8") as fh:
                 for crossing in run.crossings:
-                    fh.write(_dump(crossing.to_dict()) + "\n")
+                    fh.write(dump_line(crossing.to_dict()) + "\n")
         except OSError as exc:
             print(f"scorestream: {args.crossings}: {exc.strerror}", file=sys.stderr)
             return EXIT_FAILURE
@@ -281,7 +288,9 @@ def score_command(args: argparse.Namespace) -> int:
         try:
             with open(args.rejects, "w", encoding="utf-8") as fh:
                 for r in run.rejects:
-                    fh.write(_dump({"line": r.line, "reason": r.reason, "input": r.text}) + "\n")
+                    fh.write(
+                        dump_line({"line": r.line, "reason": r.reason, "input": r.text}) + "\n"
+                    )
         except OSError as exc:
             print(f"scorestream: {args.rejects}: {exc.strerror}", file=sys.stderr)
             return EXIT_FAILURE
@@ -290,7 +299,7 @@ def score_command(args: argparse.Namespace) -> int:
             print(f"line {r.line}: {r.reason}", file=sys.stderr)
     out = sys.stdout
     for row in run.report():
-        out.write(_dump(row) + "\n")
+        out.write(dump_line(row) + "\n")
     out.flush()
     if run.after_at:
         print(f"scorestream: {run.after_at} events after --at were not scored", file=sys.stderr)

@@ -47,7 +47,7 @@ from scorestream.engine.scorer import TOP_CONTRIBUTORS, Crossing, Engine, round2
 from scorestream.engine.state import ContactState
 from scorestream.engine.timeutil import format_ts
 from scorestream.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, KafkaFailure, UsageError
-from scorestream.offline import load_rules_or_usage
+from scorestream.offline import dump_line, load_rules_or_usage, score_row
 from scorestream.pipeline.processor import Processor
 from scorestream.pipeline.processor import Settings as ProcessorSettings
 from scorestream.pipeline.routing import INPUT_TOPICS, SCORES
@@ -228,14 +228,7 @@ class Rebuild:
             return
         engine = self.processor.engine
         for state in self.processor.states():
-            yield (
-                state,
-                {
-                    "contact_id": state.key,
-                    "scores": engine.scores(state, self.at),
-                    "tiers": engine.tiers(state),
-                },
-            )
+            yield state, score_row(engine, state, self.at)
 
 
 class Progress:
@@ -593,11 +586,6 @@ def rules_changed_record(
 # ---------------------------------------------------------------------- the command
 
 
-def dump(obj: Any) -> str:
-    """One JSONL line, spelt as ``scorestream score`` prints it."""
-    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
-
-
 @dataclass(slots=True)
 class Report:
     """What the dry run found, for the summary."""
@@ -628,7 +616,7 @@ def compare(
         if state.key not in current:
             report.without_current += 1
         if scores_out is not None:
-            scores_out.write(dump(row) + "\n")
+            scores_out.write(dump_line(row) + "\n")
         for change in tier_changes(current.get(state.key), row, models, state.anonymous):
             report.changes[(change.model, change.old, change.new)] += 1
             if changes_out is not None:
@@ -639,7 +627,7 @@ def compare(
                     engine.rules.version,
                     top_contributors(engine, state, change.model, at),
                 )
-                changes_out.write(dump(record) + "\n")
+                changes_out.write(dump_line(record) + "\n")
     report.not_rebuilt = sum(1 for key in current if key not in seen)
     return report
 
