@@ -155,6 +155,8 @@ class Merger:
         self.stalls = 0
         #: sources to read again from their ``received`` offset (see STALL_SECONDS)
         self.rereads: list[Source] = []
+        #: nothing at or beyond this key is released (a rescore hand-over; None: no hold)
+        self.hold: Key | None = None
 
     # ------------------------------------------------------------------ topology
 
@@ -304,6 +306,9 @@ class Merger:
         if self._blocking or (self._expected_min is not None and key > self._expected_min):
             self._waiting(True, now)
             return None
+        hold = self.hold
+        if hold is not None and key >= hold:
+            return None  # held for a hand-over: not waiting for any input
         if self._wait_began is not None:
             self._waiting(False, now)
         record = items.popleft()
@@ -334,7 +339,10 @@ class Merger:
         """Up to which key records may be released now (None: no limit; MIN: none)."""
         if self._blocking or self._unchecked:
             return _CLOSED
-        return self._expected_min
+        expected, hold = self._expected_min, self.hold
+        if hold is None:
+            return expected
+        return hold if expected is None or hold < expected else expected
 
     def _waiting(self, waiting: bool, now: float) -> None:
         if waiting:
@@ -387,6 +395,28 @@ class Merger:
                 self._blocking.add(source)
             else:
                 self._blocking.discard(source)
+
+    def rewind(self, source: Source, offset: int) -> None:
+        """Read an input again from ``offset``: what its queue holds is dropped.
+
+        The records dropped come again from Kafka (the consumer is asked to seek, like a
+        re-read); a rescore hand-over uses this to apply, on the rebuilt states, what
+        follows the point the rebuild stopped at.
+        """
+        queue = source.queue
+        if queue is not None and queue.items:
+            self.buffered -= len(queue.items)
+            queue.items.clear()  # its heap entry is stale from now on (pop skips it)
+        source.received = offset
+        source.gap_at = -1
+        source.reread_at = -1
+        source.skipped_at = -1
+        source.lag_since = 0.0
+        self._unchecked.discard(source)
+        if not source.blocking:
+            source.blocking = True  # until the consumer has read from the new position
+            self._blocking.add(source)
+        self.rereads.append(source)
 
     def take_rereads(self) -> list[Source]:
         """Sources the consumer should read again from their ``received`` offset."""

@@ -59,6 +59,8 @@ from scorestream.pipeline.records import (
 from scorestream.pipeline.routing import INPUT_TOPICS, REPARTITION, partition_for
 from scorestream.pipeline.store import StateStore, encode_value
 
+#: the mark a rescore's rebuilt state carries: the generation (rescore id) it comes from
+GENERATION_MARK = "gen"
 #: Leave room under the DLQ topic's max.message.bytes (4 MiB) for the JSON around a payload.
 DLQ_PAYLOAD_LIMIT = 2_900_000
 _RANK = {topic: rank for rank, topic in enumerate(INPUT_TOPICS)}
@@ -198,6 +200,85 @@ class Processor:
         # timers already scheduled fire then, under this plan.
         self.engine = engine
         self.switches.append((engine.rules.version, at, late))
+
+    # ------------------------------------------------------------------ rescore hand-over
+
+    def hold(self, at: int | None) -> None:
+        """Release nothing that happened at or after event time ``at`` (None: release all).
+
+        A rescore hand-over holds workers at its point in event time, so that nothing
+        past it is scored under the plan being replaced while the rebuilt states come.
+        """
+        self.merger.hold = None if at is None else (at, -1, -1, -1, -1)
+
+    @property
+    def holding(self) -> int | None:
+        """The event time the processor is held at, if any."""
+        hold = self.merger.hold
+        return None if hold is None else hold[0]
+
+    def install(
+        self,
+        number: int,
+        states: Iterable[ContactState],
+        cut: dict[str, int],
+        cuts: dict[int, dict[str, int]],
+        generation: int,
+        clock: int,
+    ) -> list[tuple[ContactState | None, ContactState]]:
+        """Take a rescore's rebuilt states for partition ``number``; go on from its cut.
+
+        ``states`` were rebuilt under the processor's (new) engine from the input
+        topics' history up to ``cuts`` (per partition, unprefixed input topic -> first
+        offset not included); ``cut`` is this partition's. Afterwards:
+
+        * every rebuilt state replaces the stored one, unless the stored one already
+          comes from this generation (a hand-over done before a restart, perhaps with
+          later events applied since);
+        * a stored state the rebuild does not have, but which applied a record from
+          past the cut (a contact that first appeared after it), starts again empty, so
+          that what it applied is applied again under the new plan; other states the
+          rebuild does not have (history no longer retained) stay as they are;
+        * the partition's inputs are read again from the cut: what this processor
+          applied past it, on the states just replaced, is applied again on the rebuilt
+          ones, and whatever they already include is recognised by their marks;
+        * time (the watermark) goes back to the rebuild's, so timers fire in the same
+          place of the event order as in the rebuild.
+
+        Returns (previous state or None, rebuilt state) for every state replaced.
+        """
+        part = self.parts[number]
+        store = part.store
+        engine = self.engine
+        replaced: list[tuple[ContactState | None, ContactState]] = []
+        seen: set[str] = set()
+        for state in states:
+            key = state.key
+            seen.add(key)
+            old = store.get(key)
+            if old is not None and old.marks.get(GENERATION_MARK, -1) >= generation:
+                continue
+            state.marks[GENERATION_MARK] = generation
+            replaced.append((old, state))
+            self._changed(part, state, ())
+        for key in _keys(store):
+            if key in seen:
+                continue
+            old = store.get(key)
+            if old is None or old.marks.get(GENERATION_MARK, -1) >= generation:
+                continue
+            if _past_cut(old.marks, cuts):
+                fresh = engine.new_state(key, anonymous=old.anonymous)
+                fresh.marks[GENERATION_MARK] = generation
+                self._changed(part, fresh, ())
+        for topic in INPUT_TOPICS:
+            offset = cut.get(topic, part.released.get(topic, 0))
+            part.released[topic] = offset
+            source = self.merger.sources.get((self.real(topic), number))
+            if source is not None:
+                self.merger.rewind(source, offset)
+        self.watermark = min(self.watermark, clock)
+        return replaced
 
     # ------------------------------------------------------------------ assignment
 
@@ -603,6 +684,10 @@ class Processor:
                 candidate = min(candidate, gate[0] - 1)
         else:
             return wm
+        hold = self.merger.hold
+        if hold is not None:
+            # Held for a hand-over: nothing at or past the hold happens under this plan.
+            candidate = min(candidate, hold[0] - 1)
         if candidate > wm:
             self.watermark = wm = candidate
         return wm
@@ -829,6 +914,33 @@ def _as_handed(state: ContactState) -> bytes:
     return copy.to_bytes()
 
 
+def _past_cut(marks: dict[str, int], cuts: dict[int, dict[str, int]]) -> bool:
+    """Whether marks include a record from past a rebuild's cut (see :meth:`Processor.install`)."""
+    for stream, position in marks.items():
+        if stream == GENERATION_MARK:
+            continue
+        parts = stream.split("/", 1)[0].split(":")
+        if len(parts) != 3:
+            continue
+        cut = cuts.get(int(parts[1]))
+        if cut is None:
+            continue
+        rank = int(parts[2])
+        topic = INPUT_TOPICS[rank] if 0 <= rank < len(INPUT_TOPICS) else None
+        if topic is not None and position >= cut.get(topic, 1 << 62):
+            return True
+    return False
+
+
+def _keys(store: StateStore) -> list[str]:
+    """Every key of a store (states and aliases)."""
+    keys = getattr(store, "keys", None)
+    if keys is not None:
+        found: list[str] = keys()
+        return found
+    return [state.key for state in _states(store)]
+
+
 def _states(store: StateStore) -> Iterator[ContactState]:
     states = getattr(store, "states", None)
     if states is None:
@@ -838,6 +950,7 @@ def _states(store: StateStore) -> Iterator[ContactState]:
 
 
 __all__ = [
+    "GENERATION_MARK",
     "Emitter",
     "Partition",
     "Processor",

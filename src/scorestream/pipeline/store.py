@@ -217,6 +217,14 @@ class CachedStore(ABC):
         value: dict[str, Any] = json.loads(raw)
         return value
 
+    def keys(self) -> list[str]:
+        """Every key held, stored or cached (states and aliases), sorted."""
+        found = set(self._cache)
+        for key, _ in self._items():
+            if key != META_KEY:
+                found.add(key.decode("utf-8"))
+        return sorted(found)
+
     def get_raw(self, key: bytes) -> bytes | None:
         """The stored value of a key (tests, recovery checks)."""
         return self._load(key)
@@ -302,6 +310,10 @@ class ScratchStore(MemoryStore):
     def cached(self) -> int:
         """Every state is held."""
         return len(self._states)
+
+    def keys(self) -> list[str]:
+        """Every key held, sorted."""
+        return sorted(self._states)
 
     def states(self) -> Iterator[ContactState]:
         """Every state, in key order."""
