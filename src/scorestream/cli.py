@@ -221,14 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "rescore",
         help="rebuild every contact's state from the event topics' history under a plan "
-        "(bulk phase; --dry-run only for now)",
-        description="Read the retained history of the six input topics (to their end "
-        "offsets at start) through the worker's own processor at bulk speed, rebuild "
-        "every contact's scores and tiers under the plan, and compare the tiers with the "
-        "states live workers published on contacts.scores: every tier change is a record "
-        'with "reason": "rules_changed". Only --dry-run is implemented: the hand-over '
-        "of the rebuilt states to live workers is not (without --dry-run: exit 2). "
-        "Progress goes to stderr.",
+        "and hand the states over to the live workers",
+        description="Read the retained history of the six input topics through the "
+        "worker's own processor at bulk speed and rebuild every contact's state under "
+        "the plan; then announce a hand-over point on the plan topic (--in seconds "
+        "ahead), read live traffic on up to it, write the rebuilt states to the "
+        "scorestream.rescore topic and let the running workers take them: they send a "
+        'record with "reason": "rules_changed" for every contact whose tier moves, '
+        "score with the plan from then on, and read on from where the rebuild stopped, "
+        "so no event is lost or counted twice. --dry-run only rebuilds and compares "
+        "with the states on contacts.scores. Progress goes to stderr.",
     )
     p.add_argument(
         "--rules", metavar="PATH", help="scoring plan (YAML; default: SCORESTREAM_RULES)"
@@ -236,14 +238,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="rebuild and report only; nothing is written to Kafka (required for now)",
+        help="rebuild and report only; nothing is written to Kafka",
     )
-    p.add_argument("--out", metavar="FILE", help="write the rules_changed records here (JSONL)")
+    p.add_argument("--out", metavar="FILE", help="--dry-run: write the rules_changed records here")
     p.add_argument(
         "--scores",
         metavar="FILE",
-        help="write every rebuilt contact's scores and tiers here, one line per contact "
-        "as `scorestream score` prints them",
+        help="--dry-run: write every rebuilt contact's scores and tiers here, one line per "
+        "contact as `scorestream score` prints them",
+    )
+    p.add_argument(
+        "--in",
+        dest="lead",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how far ahead of the end of the bulk rebuild the hand-over point is "
+        "(workers must read the announcement before it; default 10)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long after the hand-over point the rebuild still reads (covers clock "
+        "differences between hosts; default 2)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to wait for every partition's worker to take the states (default 300)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="abort a hand-over another rescore left open, instead of refusing to start",
     )
     p.set_defaults(handler=_lazy("scorestream.rescore:rescore_command"))
 

@@ -61,6 +61,9 @@ class Metrics(NamedTuple):
     rules_info: Gauge
     rules_switches: Counter
     rules_rejected: Counter
+    rescore_holding: Gauge
+    rescore_installs: Counter
+    rules_changed: Counter
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -229,6 +232,22 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         rules_rejected=Counter(
             "scorestream_rules_rejected",
             "Records of the plan topic refused because they are not a valid plan",
+            registry=reg,
+        ),
+        rescore_holding=Gauge(
+            "scorestream_rescore_holding",
+            "Event time (seconds) the worker holds at for a rescore hand-over; 0 when not held",
+            registry=reg,
+        ),
+        rescore_installs=Counter(
+            "scorestream_rescore_installs",
+            "Partitions that took a rescore's rebuilt states",
+            registry=reg,
+        ),
+        rules_changed=Counter(
+            "scorestream_rules_changed",
+            "Tier changes sent as rules_changed records when rebuilt states were taken",
+            ["model"],
             registry=reg,
         ),
     )

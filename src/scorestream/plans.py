@@ -32,7 +32,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,138 @@ def decode_plan(value: bytes | None) -> Plan:
         source=fields["source"],
         text=fields["plan"],
     )
+
+
+#: key prefix of a rescore's control records on the plan topic
+HANDOVER_PREFIX = "rescore:"
+#: the states of a rescore's hand-over (the record with the generation's key changes
+#: from one to the next; compaction keeps the last)
+PENDING, READY, DONE, ABORTED = "pending", "ready", "done", "aborted"
+HANDOVER_STATES = (PENDING, READY, DONE, ABORTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """A ``scorestream rescore`` hand-over to the live workers (see :mod:`scorestream.rescore`).
+
+    ``pending``: workers hold at event time ``at`` (nothing at or after it is scored under
+    the plan being replaced). ``ready``: the rebuilt states are on the states topic,
+    partition ``p`` at offsets ``ranges[p]``; they include the input topics up to
+    ``cuts[p]`` (unprefixed topic -> first offset not included); ``clock`` is the
+    rebuild's event time. Workers install them, go on from the cuts under the plan and
+    report each partition (:class:`Swapped`). ``done``: every partition reported.
+    ``aborted``: the rescore gave up; workers go on as before.
+    """
+
+    id: int
+    state: str
+    at: int
+    version: str
+    source: str
+    text: str
+    published_at: int
+    ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
+    cuts: dict[int, dict[str, int]] = field(default_factory=dict)
+    clock: int = 0
+
+    @property
+    def key(self) -> bytes:
+        """One key per rescore: compaction keeps its latest state."""
+        return f"{HANDOVER_PREFIX}{self.id:020d}".encode()
+
+    def encode(self) -> bytes:
+        """The record value."""
+        doc: dict[str, Any] = {
+            "kind": "rescore",
+            "id": self.id,
+            "state": self.state,
+            "at": format_ts(self.at),
+            "version": self.version,
+            "source": self.source,
+            "plan": self.text,
+            "published_at": format_ts(self.published_at),
+        }
+        if self.state == READY:
+            doc["ranges"] = {str(p): list(r) for p, r in sorted(self.ranges.items())}
+            doc["cuts"] = {str(p): c for p, c in sorted(self.cuts.items())}
+            doc["clock"] = self.clock
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def with_state(self, state: str, **changes: Any) -> Handover:
+        """The same hand-over in another state."""
+        return replace(self, state=state, **changes)
+
+    def rules(self) -> RuleSet:
+        """The plan, validated (:class:`PlanError` if not, or not the version it claims)."""
+        return Plan(self.version, self.at, self.published_at, self.source, self.text).rules()
+
+
+@dataclass(frozen=True, slots=True)
+class Swapped:
+    """A worker's report: partition ``partition`` took rescore ``id``'s states (checkpointed)."""
+
+    id: int
+    partition: int
+    worker: str
+
+    @property
+    def key(self) -> bytes:
+        """One key per rescore and partition."""
+        return f"{HANDOVER_PREFIX}{self.id:020d}:swapped:{self.partition:05d}".encode()
+
+    def encode(self) -> bytes:
+        """The record value."""
+        doc = {"kind": "rescore-swapped", "id": self.id, "partition": self.partition}
+        doc["worker"] = self.worker
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+Control = Plan | Handover | Swapped
+
+
+def decode_control(key: bytes | None, value: bytes | None) -> Control:
+    """A record of the plan topic: a plan, a rescore hand-over or a worker's report;
+    :class:`PlanError` if it is none of them."""
+    if not (key or b"").startswith(HANDOVER_PREFIX.encode()):
+        return decode_plan(value)
+    if value is None:
+        raise PlanError("a tombstone, not a control record")
+    try:
+        doc = json.loads(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PlanError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PlanError("not a JSON object")
+    try:
+        if doc.get("kind") == "rescore-swapped":
+            return Swapped(int(doc["id"]), int(doc["partition"]), str(doc.get("worker", "")))
+        if doc.get("kind") != "rescore":
+            raise PlanError(f"unknown kind {doc.get('kind')!r}")
+        state = doc["state"]
+        if state not in HANDOVER_STATES:
+            raise PlanError(f"unknown rescore state {state!r}")
+        ranges = {int(p): (int(r[0]), int(r[1])) for p, r in doc.get("ranges", {}).items()}
+        cuts = {
+            int(p): {str(t): int(o) for t, o in c.items()} for p, c in doc.get("cuts", {}).items()
+        }
+        if state == READY and (not ranges or set(ranges) != set(cuts)):
+            raise PlanError("a ready rescore without ranges and cuts for every partition")
+        return Handover(
+            id=int(doc["id"]),
+            state=state,
+            at=parse_ts(str(doc["at"])),
+            version=str(doc["version"]),
+            source=str(doc["source"]),
+            text=str(doc["plan"]),
+            published_at=parse_ts(str(doc["published_at"])),
+            ranges=ranges,
+            cuts=cuts,
+            clock=int(doc.get("clock", 0)),
+        )
+    except PlanError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, TimeFormatError) as exc:
+        raise PlanError(f"not a valid rescore record: {exc!r}") from None
 
 
 def make_plan(path: str, effective_at: int, published_at: int) -> tuple[Plan, RuleSet]:

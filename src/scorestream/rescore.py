@@ -36,22 +36,25 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Literal, TextIO
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from scorestream import clients
 from scorestream.engine.events import InvalidEvent, decode_event
 from scorestream.engine.rules import Model
 from scorestream.engine.scorer import TOP_CONTRIBUTORS, Crossing, Engine, round2
 from scorestream.engine.state import ContactState
-from scorestream.engine.timeutil import format_ts
-from scorestream.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, KafkaFailure, UsageError
+from scorestream.engine.timeutil import US_PER_SECOND, format_ts
+from scorestream.errors import EXIT_FAILURE, EXIT_OK, KafkaFailure, UsageError
 from scorestream.offline import dump_line, load_rules_or_usage, score_row
-from scorestream.pipeline.processor import Processor
+from scorestream.pipeline.processor import GENERATION_MARK, Processor
 from scorestream.pipeline.processor import Settings as ProcessorSettings
-from scorestream.pipeline.routing import INPUT_TOPICS, SCORES
-from scorestream.pipeline.store import ScratchStore
+from scorestream.pipeline.records import MIN_TS
+from scorestream.pipeline.routing import INPUT_TOPICS, RESCORE_STATES, SCORES
+from scorestream.pipeline.store import ScratchStore, encode_value
+from scorestream.plans import ABORTED, DONE, PENDING, READY, RULES_TOPIC, Handover
 from scorestream.settings import Settings
 
 #: messages asked for per ``consume`` call: large, so per-call costs vanish
@@ -64,13 +67,6 @@ STALL_LIMIT = 60.0
 PROGRESS_EVERY = 1.0
 #: the ``reason`` of every record this command reports
 REASON = "rules_changed"
-
-NOT_IMPLEMENTED = (
-    "rescore: only --dry-run is implemented: the hand-over of rebuilt states to the live "
-    "workers is not implemented yet, so nothing would reach them. Run with --dry-run to "
-    "see what the plan would change; `scorestream rules publish PATH` switches live "
-    "workers to a plan from a point in time on (without rebuilding past points)."
-)
 
 
 # ---------------------------------------------------------------------- reading Kafka
@@ -280,8 +276,14 @@ def rebuild(
     settings: Settings,
     progress: TextIO | None = None,
     batch: int = BATCH,
+    finish: bool = True,
 ) -> Rebuild:
-    """Read the input topics' history to the snapshotted ends into a fresh processor."""
+    """Read the input topics' history to the snapshotted ends into a fresh processor.
+
+    ``finish``: release what the merge still holds and let time reach the newest event
+    (the dry run, as ``score``); without it the processor is left as it is, to read on
+    (:func:`catch_up`).
+    """
     real = {settings.topic(t): t for t in INPUT_TOPICS}
     consumer = Consumer(clients.reader(settings, f"{settings.app_id}-rescore-{uuid.uuid4().hex}"))
     try:
@@ -323,6 +325,17 @@ def rebuild(
         gc.disable()
         try:
             read_to_end(consumer, spans, on_batch, batch)
+            if not finish:
+                return Rebuild(
+                    processor,
+                    feed.latest,
+                    feed.messages,
+                    0,
+                    tally.crossings,
+                    time.perf_counter() - began,
+                    partitions,
+                    spans,
+                )
             # Every partition is at its end: what the merge still holds is released.
             high.clear()
             processor.refresh(0.0)
@@ -583,6 +596,293 @@ def rules_changed_record(
     }
 
 
+# ---------------------------------------------------------------------- the hand-over
+
+
+@dataclass(slots=True)
+class Cut:
+    """Where the rebuild stopped: per partition, the first offset of each input topic
+    (declared name) not included; and its event time (the watermark it reached)."""
+
+    offsets: dict[int, dict[str, int]]
+    clock: int
+    messages: int
+    seconds: float
+
+
+def catch_up(
+    processor: Processor,
+    settings: Settings,
+    at: int,
+    grace: float,
+    progress: TextIO | None = None,
+    batch: int = BATCH,
+) -> Cut:
+    """Read on from where the bulk rebuild stopped, held at event time ``at``, until the
+    wall clock is ``grace`` seconds past ``at`` and every input partition has been read
+    to an end offset asked for after that; return the cut.
+
+    Workers stop releasing anything when their wall clock reaches ``at`` (the hand-over
+    freeze), so everything they applied under the plan being replaced had been written to
+    Kafka by then and is inside the cut; ``grace`` covers the time a worker takes to
+    notice (a few milliseconds) and the clock differences between hosts.
+    """
+    real = {settings.topic(t): t for t in INPUT_TOPICS}
+    merger = processor.merger
+    inputs = [(t, p) for (t, p) in merger.sources if t in real]
+    consumer = Consumer(clients.reader(settings, f"{settings.app_id}-rescore-{uuid.uuid4().hex}"))
+    high: dict[tuple[str, int], int] = {}
+
+    def ends() -> None:
+        for topic, partition in inputs:
+            _, end = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=15, cached=False
+            )
+            high[(topic, partition)] = int(end)
+
+    began = time.perf_counter()
+    read = 0
+    try:
+        ends()
+        merger.highwater = lambda topic, partition: high.get((topic, partition))
+        processor.hold(at)
+        consumer.assign([TopicPartition(t, p, merger.sources[(t, p)].received) for t, p in inputs])
+        feed = _Feed(processor, real, settings.max_message_bytes)
+        last_line = time.monotonic()
+        while True:
+            messages = consumer.consume(num_messages=batch, timeout=BATCH_WAIT)
+            kept = []
+            for msg in messages:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaFailure(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+                kept.append(msg)
+            if kept:
+                feed.take(kept)
+                read += len(kept)
+            if time.time() * US_PER_SECOND < at + grace * US_PER_SECOND:
+                if progress is not None and time.monotonic() - last_line >= PROGRESS_EVERY:
+                    last_line = time.monotonic()
+                    wait = at / US_PER_SECOND + grace - time.time()
+                    progress.write(
+                        f"rescore: live traffic read on: {read:,} events; hand-over in "
+                        f"{max(0.0, wait):.0f} s\n"
+                    )
+                    progress.flush()
+                continue
+            if kept:
+                continue
+            ends()
+            behind = [tp for tp in inputs if merger.sources[tp].received < high[tp]]
+            if behind:
+                continue
+            processor.refresh(0.0)
+            processor.run(0.0)
+            head = merger.head()
+            if not merger.blocked and (head is None or head[0] >= at):
+                break
+    finally:
+        consumer.close()
+    offsets = {p: dict(part.released) for p, part in processor.parts.items()}
+    newest = processor.newest
+    lateness = int(processor.settings.lateness * US_PER_SECOND)
+    clock = MIN_TS if newest is None else min(newest - lateness, at - 1)
+    return Cut(offsets, clock, read, time.perf_counter() - began)
+
+
+def write_states(
+    processor: Processor, settings: Settings, generation: int, progress: TextIO | None = None
+) -> dict[int, tuple[int, int]]:
+    """Write every rebuilt state (aliases too) to the states topic, partition by
+    partition, marked with the generation; returns each partition's offset range."""
+    topic = settings.topic(RESCORE_STATES)
+    engine = processor.engine
+    config = {**clients.output_producer(settings), "linger.ms": 50, "batch.size": 1_000_000}
+    producer = Producer(config)
+    reader = Consumer(clients.reader(settings, f"{settings.app_id}-rescore-{uuid.uuid4().hex}"))
+    failures: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    def end(partition: int) -> int:
+        _, high = reader.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=15, cached=False
+        )
+        return int(high)
+
+    ranges: dict[int, tuple[int, int]] = {}
+    total = sum(part.store.cached for part in processor.parts.values())
+    meter = Progress(total, progress)
+    written = 0
+    try:
+        for number in sorted(processor.parts):
+            start = end(number)
+            for state in _states_of(processor, number):
+                state.marks[GENERATION_MARK] = generation
+                due = engine.next_due(state) if state.alias is None else None
+                value = encode_value(state, due)
+                while True:
+                    try:
+                        producer.produce(
+                            topic,
+                            value,
+                            state.key.encode(),
+                            partition=number,
+                            on_delivery=delivered,
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                written += 1
+                if written % 10_000 == 0:
+                    producer.poll(0)
+                    meter.update(written)
+            if producer.flush(60) or failures:
+                reason = failures[0] if failures else "no acknowledgement in 60 s"
+                raise KafkaFailure(f"writing the rebuilt states to {topic}: {reason}")
+            ranges[number] = (start, end(number))
+    finally:
+        reader.close()
+    return ranges
+
+
+def _states_of(processor: Processor, number: int) -> Iterator[ContactState]:
+    states: Iterator[ContactState] = processor.parts[number].store.states()  # type: ignore[attr-defined]
+    return states
+
+
+class Control:
+    """The rescore's side of the plan topic: its control records and the workers' reports."""
+
+    def __init__(self, settings: Settings) -> None:
+        from scorestream.app.planwatch import PlanWatcher  # noqa: PLC0415 (Kafka client)
+
+        self.settings = settings
+        self.topic = settings.topic(RULES_TOPIC)
+        self.watcher = PlanWatcher(settings)
+        self.producer = Producer(clients.output_producer(settings))
+        self.handovers: dict[int, Handover] = {}
+        self.reports: dict[int, set[int]] = {}
+
+    def read(self, to_end: bool = False) -> None:
+        """Take what the plan topic brought since the last call."""
+        self.watcher.poll(to_end=to_end)
+        handovers, reports = self.watcher.take_control()
+        for handover, _ in handovers:
+            self.handovers[handover.id] = handover
+        for report in reports:
+            self.reports.setdefault(report.id, set()).add(report.partition)
+
+    def open_ones(self) -> list[Handover]:
+        """Hand-overs neither done nor aborted."""
+        return [h for h in self.handovers.values() if h.state in (PENDING, READY)]
+
+    def publish(self, handover: Handover) -> None:
+        """Write a control record and wait for Kafka's acknowledgement."""
+        failures: list[str] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        self.producer.produce(self.topic, handover.encode(), handover.key, on_delivery=delivered)
+        if self.producer.flush(30) or failures:
+            reason = failures[0] if failures else "no acknowledgement in 30 s"
+            raise KafkaFailure(f"publishing to {self.topic}: {reason}")
+
+    def close(self) -> None:
+        """Close the plan topic reader."""
+        self.watcher.close()
+
+
+def handover_command(args: argparse.Namespace, settings: Settings, rules_path: str) -> int:
+    """``scorestream rescore`` without ``--dry-run``: rebuild, then hand over."""
+    rules = load_rules_or_usage(rules_path)
+    text = Path(rules_path).read_bytes().decode("utf-8")
+    engine = Engine(rules)
+    if args.lead < 0 or args.grace < 0 or args.wait <= 0:
+        raise UsageError("--in and --grace must be >= 0, --wait > 0")
+    err = sys.stderr
+    control = Control(settings)
+    try:
+        control.read(to_end=True)
+        open_ones = control.open_ones()
+        if open_ones and not args.force:
+            ids = ", ".join(f"{h.id} ({h.state})" for h in open_ones)
+            raise UsageError(
+                f"another rescore hand-over is open: {ids}; wait for it, or --force to abort it"
+            )
+        for stale in open_ones:
+            control.publish(stale.with_state(ABORTED))
+        result = rebuild(engine, settings, progress=err, finish=False)
+        print(
+            f"rescore: rebuilt {result.messages:,} messages of history in "
+            f"{result.seconds:.1f} s ({result.rate:,.0f} events/s)",
+            file=err,
+            flush=True,
+        )
+        now = int(time.time() * US_PER_SECOND)
+        at = now + int(args.lead * US_PER_SECOND)
+        handover = Handover(now, PENDING, at, rules.version, Path(rules_path).name, text, now)
+        control.publish(handover)
+        print(
+            f"rescore {handover.id}: workers hold at {format_ts(at)}; reading live traffic "
+            "until then",
+            file=err,
+            flush=True,
+        )
+        try:
+            cut = catch_up(result.processor, settings, at, args.grace, progress=err)
+            began = time.perf_counter()
+            ranges = write_states(result.processor, settings, handover.id, progress=err)
+            wrote = time.perf_counter() - began
+            ready = handover.with_state(READY, ranges=ranges, cuts=cut.offsets, clock=cut.clock)
+            control.publish(ready)
+        except BaseException:
+            control.publish(handover.with_state(ABORTED))
+            print(f"rescore {handover.id}: aborted; workers go on as before", file=err)
+            raise
+        contacts = sum(end - start for start, end in ranges.values())
+        print(
+            f"rescore {handover.id}: cut after {cut.messages:,} more events; {contacts:,} "
+            f"states written in {wrote:.1f} s; waiting for the workers",
+            file=err,
+            flush=True,
+        )
+        partitions = set(ranges)
+        deadline = time.monotonic() + args.wait
+        while True:
+            control.read()
+            missing = partitions - control.reports.get(handover.id, set())
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                print(
+                    f"scorestream: rescore {handover.id}: partitions {sorted(missing)} did "
+                    f"not report the new states within {args.wait:.0f} s; the hand-over "
+                    "stays open (workers take the states when they get those partitions)",
+                    file=err,
+                )
+                return EXIT_FAILURE
+            time.sleep(0.2)
+        control.publish(ready.with_state(DONE))
+    except KafkaFailure as exc:
+        print(f"scorestream: rescore: {exc}", file=err)
+        return EXIT_FAILURE
+    finally:
+        control.close()
+    print(
+        f"rescore {handover.id}: done. {rules_path} ({rules.version}) rebuilt "
+        f"{result.messages + cut.messages:,} events into {contacts:,} states; workers took "
+        f"them at {format_ts(at)} and score with it from now on"
+    )
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- the command
 
 
@@ -660,10 +960,9 @@ def rescore_command(args: argparse.Namespace) -> int:
     """``scorestream rescore [--rules PATH] --dry-run [--out FILE] [--scores FILE]``."""
     settings = Settings.load(config_file=args.config)
     rules_path: str = args.rules or settings.rules
-    rules = load_rules_or_usage(rules_path)
     if not args.dry_run:
-        print(f"scorestream: {NOT_IMPLEMENTED}", file=sys.stderr)
-        return EXIT_USAGE
+        return handover_command(args, settings, rules_path)
+    rules = load_rules_or_usage(rules_path)
     engine = Engine(rules)
     try:
         current, bad = read_current(settings)

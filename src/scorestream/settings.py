@@ -123,6 +123,14 @@ class Settings:
             "another worker before going on without it (it is merged late when it comes)"
         },
     )
+    rescore_hold: float = field(
+        default=300.0,
+        metadata={
+            "doc": "seconds a worker holds at a rescore's hand-over point waiting for the "
+            "rebuilt states before it goes on under its current plan (it takes the states "
+            "when they come)"
+        },
+    )
     session_timeout: float = field(
         default=8.0,
         metadata={

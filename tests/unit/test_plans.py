@@ -14,7 +14,18 @@ from scorestream.engine.rules import load_rules, parse_rules
 from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
 from scorestream.errors import UsageError
-from scorestream.plans import Plan, PlanError, decode_plan, make_plan
+from scorestream.plans import (
+    DONE,
+    PENDING,
+    READY,
+    Handover,
+    Plan,
+    PlanError,
+    Swapped,
+    decode_control,
+    decode_plan,
+    make_plan,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = parse_ts("2026-03-02T08:00:00Z")
@@ -219,3 +230,54 @@ def test_of_two_plans_the_one_in_effect_at_each_time_is_used() -> None:
     ]
     for state in proc.states():  # 3 x 10 + 25 (70 min) + 40 (90 min)
         assert proc.engine.scores(state, T0 + 100 * MINUTE) == {"engagement": 95.0}
+
+
+# ---------------------------------------------------------------------- rescore records
+
+
+def test_a_rescore_record_goes_through_every_state_and_back() -> None:
+    text = (ROOT / "rules" / "b2b.yaml").read_text()
+    version = parse_rules(text, "b2b.yaml").version
+    pending = Handover(
+        1_700_000_000_000_000,
+        PENDING,
+        1_700_000_010_000_000,
+        version,
+        "b2b.yaml",
+        text,
+        1_700_000_000_000_000,
+    )
+    assert pending.key == b"rescore:00001700000000000000"
+    assert decode_control(pending.key, pending.encode()) == pending
+    ready = pending.with_state(
+        READY,
+        ranges={0: (5, 9), 1: (0, 3)},
+        cuts={0: {"events.page_view": 12}, 1: {"events.form": 4}},
+        clock=1_700_000_004_000_000,
+    )
+    assert decode_control(ready.key, ready.encode()) == ready
+    done = ready.with_state(DONE)
+    assert decode_control(done.key, done.encode()).state == DONE  # type: ignore[union-attr]
+    assert pending.rules().version == version
+    report = Swapped(pending.id, 3, "host:1")
+    assert report.key == b"rescore:00001700000000000000:swapped:00003"
+    assert decode_control(report.key, report.encode()) == report
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b'{"kind": "other"}', "unknown kind"),
+        (b'{"kind": "rescore", "state": "later"}', "unknown rescore state"),
+        (b'{"kind": "rescore", "state": "pending"}', "not a valid rescore record"),
+        (
+            b'{"kind": "rescore", "id": 1, "state": "ready", "at": "2026-01-01T00:00:00Z", '
+            b'"version": "v", "source": "s", "plan": "p", "published_at": "2026-01-01T00:00:00Z"}',
+            "without ranges and cuts",
+        ),
+    ],
+)
+def test_a_damaged_rescore_record_is_refused_with_its_reason(value: bytes, reason: str) -> None:
+    with pytest.raises(PlanError, match=reason):
+        decode_control(b"rescore:1", value)

@@ -16,7 +16,6 @@ from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import parse_ts
 from scorestream.offline import score_lines
 from scorestream.rescore import (
-    NOT_IMPLEMENTED,
     Current,
     Progress,
     Span,
@@ -322,14 +321,16 @@ def test_reading_gives_up_when_nothing_comes() -> None:
 # ---------------------------------------------------------------------- the command
 
 
-def test_without_dry_run_nothing_pretends_to_hand_over(
-    capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize(
+    ("option", "value"), [("--in", "-1"), ("--grace", "-0.5"), ("--wait", "0")]
+)
+def test_hand_over_options_out_of_range_are_usage_errors_before_kafka(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = cli.main(["rescore", "--rules", str(ROOT / "rules" / "b2b.yaml")])
+    plan = str(ROOT / "rules" / "b2b.yaml")
+    code = cli.main(["rescore", "--rules", plan, option, value])
     assert code == 2
-    err = capsys.readouterr().err
-    assert NOT_IMPLEMENTED in err
-    assert "rules publish" in err
+    assert "--in and --grace must be >= 0, --wait > 0" in capsys.readouterr().err
 
 
 def test_an_invalid_plan_is_a_usage_error(

@@ -27,7 +27,7 @@ INPUTS = {
     "events.custom",
     "contacts.profile",
 }
-INTERNALS = {"scorestream.repartition", "scorestream.state-changelog"}
+INTERNALS = {"scorestream.repartition", "scorestream.state-changelog", "scorestream.rescore"}
 OUTPUTS = {"leads.sales_ready", "contacts.scores", "events.dlq"}
 SEVEN_DAYS_MS = "604800000"
 THIRTY_DAYS_MS = "2592000000"

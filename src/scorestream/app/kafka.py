@@ -243,9 +243,17 @@ class Offsets:
 
     def changelog(self, partition: int, start: int) -> tuple[Iterator[RawRecord], int]:
         """The changelog records of a partition from ``start`` (or the log start) to its end."""
-        topic = self.topology.real(CHANGELOG)
+        return self.read_range(self.topology.real(CHANGELOG), partition, start, None)
+
+    def read_range(
+        self, topic: str, partition: int, start: int, end: int | None
+    ) -> tuple[Iterator[RawRecord], int]:
+        """Records of a topic-partition (real name) from ``start`` (or the log start) to
+        ``end`` (None: its end now); returns them lazily and the offset read up to."""
         reader = Consumer(clients.reader(self.settings, f"{self.settings.app_id}-recovery"))
         low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        if end is not None:
+            high = min(high, end)
         first = max(start, low)
         if first >= high:
             reader.close()
@@ -273,6 +281,8 @@ class Offsets:
                         if msg.error():
                             raise KafkaFailure(f"reading {topic}[{partition}]: {msg.error()}")
                         offset = msg.offset() or 0
+                        if offset >= high:
+                            return
                         generation = 0
                         for header in msg.headers() or ():
                             if header[0] == GENERATION_HEADER:

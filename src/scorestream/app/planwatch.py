@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from scorestream import clients
 from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import format_ts
-from scorestream.plans import RULES_TOPIC, Plan, PlanError, decode_plan
+from scorestream.plans import RULES_TOPIC, Handover, Plan, PlanError, Swapped, decode_control
 from scorestream.settings import Settings
 
 log = logging.getLogger("scorestream.plans")
@@ -38,6 +38,10 @@ class PlanWatcher:
         self.rejected = 0
         self._consumer: Consumer | None = None
         self._warned = False
+        #: rescore hand-overs (with their plan) and workers' reports read since the last
+        #: take_control(), in topic order
+        self.handovers: list[tuple[Handover, Engine]] = []
+        self.reports: list[Swapped] = []
 
     def _open(self) -> Consumer:
         if self._consumer is None:
@@ -64,7 +68,7 @@ class PlanWatcher:
                     if msg.error():
                         raise KafkaException(msg.error())
                     self.position = (msg.offset() or 0) + 1
-                    accepted = self._accept(msg.value(), msg.offset() or 0)
+                    accepted = self._accept(msg.key(), msg.value(), msg.offset() or 0)
                     if accepted is not None:
                         found.append(accepted)
                 if batch:
@@ -96,22 +100,36 @@ class PlanWatcher:
         self._warned = False
         return found
 
-    def _accept(self, value: bytes | None, offset: int) -> tuple[Plan, Engine] | None:
+    def _accept(
+        self, key: bytes | None, value: bytes | None, offset: int
+    ) -> tuple[Plan, Engine] | None:
         try:
-            plan = decode_plan(value)
-            rules = plan.rules()
+            record = decode_control(key, value)
+            if isinstance(record, Swapped):
+                self.reports.append(record)
+                return None
+            rules = record.rules()
         except PlanError as exc:
             self.rejected += 1
             log.error("%s offset %d: refused, not a valid plan: %s", self.topic, offset, exc)
             return None
+        if isinstance(record, Handover):
+            self.handovers.append((record, Engine(rules)))
+            return None
         log.info(
             "plan %s (%s, published %s) takes effect at %s",
-            plan.version,
-            plan.source,
-            format_ts(plan.published_at),
-            format_ts(plan.effective_at),
+            record.version,
+            record.source,
+            format_ts(record.published_at),
+            format_ts(record.effective_at),
         )
-        return plan, Engine(rules)
+        return record, Engine(rules)
+
+    def take_control(self) -> tuple[list[tuple[Handover, Engine]], list[Swapped]]:
+        """Rescore hand-overs and reports read since the last call."""
+        handovers, self.handovers = self.handovers, []
+        reports, self.reports = self.reports, []
+        return handovers, reports
 
     def close(self) -> None:
         """Close the consumer (a later poll opens a new one where this one was)."""

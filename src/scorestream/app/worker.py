@@ -40,6 +40,7 @@ import scorestream
 from scorestream import clients
 from scorestream import metrics as metrics_mod
 from scorestream.access import check_bind
+from scorestream.app.handover import HandoverAgent
 from scorestream.app.kafka import FaustCommitter, Offsets, Outputs, Topology
 from scorestream.app.planwatch import PlanWatcher
 from scorestream.app.processes import supervise
@@ -129,6 +130,9 @@ class Runtime:
         self._exported_rejected = 0
         self.metrics.rules_info.labels(rules.version).set(1)
         self._versions = {rules.version}
+        self.handover = HandoverAgent(
+            self.processor, self.outputs, self.offsets, topology, self.metrics, s.rescore_hold
+        )
         # Published plans, read to the end before anything is scored (scorestream.plans).
         self.plans = PlanWatcher(s)
         self._schedule_plans(self.plans.poll(to_end=True))
@@ -198,6 +202,8 @@ class Runtime:
         start = time.perf_counter()
         now = time.time()
         proc = self.processor
+        if proc.holding is not None:
+            self.handover.freeze_check(now)
         receive = proc.receive
         limit = self.settings.merge_buffer
         count = 0
@@ -224,6 +230,8 @@ class Runtime:
         """Look again at what the merge waits for; apply what it then releases."""
         now = time.time()
         proc = self.processor
+        if proc.holding is not None:
+            self.handover.freeze_check(now)
         proc.refresh(now)
         proc.run(now, RUN_LIMIT * 5)
         self._observe_delays(now)
@@ -262,7 +270,31 @@ class Runtime:
     def _schedule_plans(self, found: list[tuple[Plan, Engine]]) -> None:
         for plan, engine in found:
             self.processor.schedule_plan(plan.effective_at, engine)
+        handovers, _ = self.plans.take_control()
+        for handover, engine in handovers:
+            self.handover.take(handover, engine)
         self._note_switches()
+
+    async def install_rescore(self) -> None:
+        """Take a ready rescore's rebuilt states in every owned partition."""
+        async with self._ckpt_lock:
+            handover = self.handover.begin()
+            if handover is None:
+                return
+            parts = sorted(self.processor.parts)
+            loop = asyncio.get_running_loop()
+            began = time.perf_counter()
+            loaded = await loop.run_in_executor(None, self.handover.load, handover, parts)
+            changes = self.handover.install(handover, loaded)
+            self._note_switches()
+            log.info(
+                "rescore %d: took the rebuilt states of partitions %s in %.2f s, %d tier "
+                "changes sent",
+                handover.id,
+                parts,
+                time.perf_counter() - began,
+                changes,
+            )
 
     def watch_plans(self) -> list[tuple[Plan, Engine]]:
         """New plans from the plan topic (runs in a thread; Kafka I/O)."""
@@ -298,6 +330,7 @@ class Runtime:
         """Timers and decay of idle contacts; tell other workers our stream time."""
         now = time.time()
         proc = self.processor
+        self.handover.hold_expired()
         touched = proc.tick(now)
         if touched:
             self.metrics.timers_fired.inc(touched)
@@ -364,6 +397,7 @@ class Runtime:
                 "handovers_awaited": merger.expected,
             },
             "rules_version": proc.engine.rules.version,
+            "rescore": self.handover.status(),
             "plans_pending": [
                 {"version": version, "effective_at": format_ts(at)}
                 for at, version in proc.pending_plans()
@@ -389,6 +423,7 @@ class Runtime:
             m.checkpoints.labels("not_committed").inc()
             return
         m.checkpoints.labels("ok").inc()
+        self.handover.report(set(self.processor.parts))
         m.checkpoint_seconds.observe(time.perf_counter() - start)
         now = time.monotonic()
         if now - self._frozen_at >= FREEZE_EVERY:
@@ -451,6 +486,12 @@ class Runtime:
             self.metrics.recovered_records.inc(n)
             if n:
                 log.info("partition %d: recovered %d changelog records in %.2f s", p, n, took)
+        handover = self.handover.assigned(sorted(mine))
+        if handover is not None:
+            # A rescore hand-over is open: these partitions take its states too (those
+            # already taken before stay; what follows the cut is read again).
+            loaded = await loop.run_in_executor(None, self.handover.load, handover, sorted(mine))
+            self.handover.install(handover, loaded)
         self.metrics.partitions.set(len(mine))
         if not self._frozen:
             # Everything alive now (modules, Faust's services, recovered states) lives as
@@ -559,6 +600,8 @@ class Runtime:
         async def plans() -> None:
             found = await asyncio.get_running_loop().run_in_executor(None, runtime.watch_plans)
             runtime._schedule_plans(found)
+            if runtime.handover.install_due:
+                await runtime.install_rescore()
 
         timer(1.0)(plans)
 

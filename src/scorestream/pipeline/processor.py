@@ -159,6 +159,8 @@ class Processor:
         self._plans: list[tuple[int, Engine]] = []
         #: (version, effective_at, late) of every switch since the last take_switches()
         self.switches: list[tuple[str, int, bool]] = []
+        #: effective time of the plan in effect (MIN_TS: the worker's own file)
+        self._engine_at = MIN_TS
 
     # ------------------------------------------------------------------ plans
 
@@ -199,7 +201,19 @@ class Processor:
         # States computed under the old plan catch up when next touched (Engine._sync_rules);
         # timers already scheduled fire then, under this plan.
         self.engine = engine
+        self._engine_at = at
         self.switches.append((engine.rules.version, at, late))
+
+    def rebase(self, engine: Engine, at: int) -> None:
+        """A rescore's plan, which scores the whole history: plans scheduled for before
+        ``at`` are superseded by it, later ones still take effect at their time."""
+        self._plans = [(t, e) for t, e in self._plans if t > at]
+        if self._engine_at > at:
+            return  # a plan published for after the hand-over is already in effect
+        self._engine_at = at
+        if engine.rules.version != self.engine.rules.version:
+            self.engine = engine
+            self.switches.append((engine.rules.version, at, False))
 
     # ------------------------------------------------------------------ rescore hand-over
 

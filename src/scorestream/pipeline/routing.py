@@ -23,6 +23,7 @@ INPUT_TOPICS: tuple[str, ...] = (
 )
 REPARTITION = "scorestream.repartition"
 CHANGELOG = "scorestream.state-changelog"
+RESCORE_STATES = "scorestream.rescore"
 LEADS = "leads.sales_ready"
 SCORES = "contacts.scores"
 DLQ = "events.dlq"
