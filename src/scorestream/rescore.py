@@ -644,11 +644,13 @@ def catch_up(
     read = 0
     try:
         ends()
-        merger.highwater = lambda topic, partition: high.get((topic, partition))
+        # The repartition topic is not read (every partition is here): never waited for.
+        merger.highwater = lambda topic, partition: high.get((topic, partition), 0)
         processor.hold(at)
         consumer.assign([TopicPartition(t, p, merger.sources[(t, p)].received) for t, p in inputs])
         feed = _Feed(processor, real, settings.max_message_bytes)
         last_line = time.monotonic()
+        target: dict[tuple[str, int], int] | None = None
         while True:
             messages = consumer.consume(num_messages=batch, timeout=BATCH_WAIT)
             kept = []
@@ -672,11 +674,13 @@ def catch_up(
                     )
                     progress.flush()
                 continue
-            if kept:
-                continue
-            ends()
-            behind = [tp for tp in inputs if merger.sources[tp].received < high[tp]]
-            if behind:
+            if target is None:
+                # The end offsets after the deadline: everything a worker applied before
+                # it froze is below them. Records after them may be read too (the cut is
+                # whatever is released); live traffic does not stop for the hand-over.
+                ends()
+                target = dict(high)
+            if any(merger.sources[tp].received < end for tp, end in target.items()):
                 continue
             processor.refresh(0.0)
             processor.run(0.0)

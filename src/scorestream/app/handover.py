@@ -250,7 +250,7 @@ class HandoverAgent:
                 engine.scores(new, at)[name],
                 prior,
                 new.anonymous,
-                old.rules_version if old is not None else None,
+                _full_version(previous, old),
             )
             record = rules_changed_record(
                 change,
@@ -301,3 +301,11 @@ class HandoverAgent:
             "holding": self.processor.holding is not None,
             "frozen": self.frozen,
         }
+
+
+def _full_version(previous: Engine, old: ContactState | None) -> str | None:
+    """The plan version an old state was scored under (states keep a prefix of it)."""
+    if old is None or old.rules_version is None:
+        return None
+    full = previous.rules.version
+    return full if full.startswith(old.rules_version) else old.rules_version

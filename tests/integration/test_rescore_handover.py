@@ -1,0 +1,212 @@
+"""``scorestream rescore`` hands its rebuilt states over to a running worker (real broker).
+
+A worker scores a backlog (``traffic.journeys``) under the old plan. ``rescore`` rebuilds
+it under a new plan while live traffic keeps coming, and the worker is killed with
+SIGKILL once the hand-over is announced and started again at once. Afterwards:
+
+* every contact's scores and tiers are those of ``scorestream score`` under the new plan
+  over every event (history and live traffic, nothing lost or counted twice);
+* every crossing id on ``leads.sales_ready`` has one content; the crossings made under
+  the new plan are the offline run's;
+* each contact whose tier the new plan moves gets one ``rules_changed`` record per
+  model, and only those — checked exactly for the contacts the live traffic does not
+  touch (the plans have no timers, so their tiers are those of ``score`` on the history).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import (
+    WorkerProc,
+    crossings_by_id,
+    offline,
+    producer,
+    wait_processed,
+)
+
+from scorestream.engine.rules import load_rules
+from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
+from scorestream.pipeline.routing import topic_for
+from traffic import journeys
+
+ROOT = Path(__file__).resolve().parents[2]
+OLD = ROOT / "tests" / "plans" / "handover_old.yaml"
+NEW = ROOT / "tests" / "plans" / "handover_new.yaml"
+
+
+def publish(p: Any, prefix: str, raws: list[dict[str, Any]]) -> None:
+    for raw in raws:
+        key = (raw.get("contact_id") or raw.get("anonymous_id") or "").encode()
+        p.produce(prefix + topic_for(raw["type"]), json.dumps(raw).encode(), key)
+    p.poll(0)
+
+
+class LiveTraffic(threading.Thread):
+    """Page views of some contacts, later than the history, every few milliseconds."""
+
+    def __init__(self, bootstrap: str, prefix: str, contacts: list[str], start: int) -> None:
+        super().__init__(daemon=True)
+        self.producer = producer(bootstrap)
+        self.prefix = prefix
+        self.contacts = contacts
+        self.start_at = start
+        self.sent: list[dict[str, Any]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.halt.is_set():
+            raw = {
+                "event_id": f"live-{i}",
+                "type": "page_view",
+                "contact_id": self.contacts[i % len(self.contacts)],
+                "occurred_at": format_ts(self.start_at + i * US_PER_SECOND),
+                "properties": {"url": "/pricing" if i % 3 else "/blog/post"},
+            }
+            publish(self.producer, self.prefix, [raw])
+            self.sent.append(raw)
+            i += 1
+            time.sleep(0.02)
+        assert self.producer.flush(30) == 0
+
+
+def settle(worker: WorkerProc, bootstrap: str, prefix: str) -> None:
+    wait_processed(bootstrap, prefix, [worker])
+    time.sleep(3.0)
+    wait_processed(bootstrap, prefix, [worker])
+
+
+def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        assert proc.poll() is None, path.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not seen in {timeout} s:\n{path.read_text()}")
+
+
+@pytest.mark.timeout(300)
+def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
+    kafka_bootstrap: str, topic_prefix: str, kafka_topics: Any, tmp_path: Path
+) -> None:
+    history = journeys(300, seed=31)
+    p = producer(kafka_bootstrap)
+    publish(p, topic_prefix, history)
+    assert p.flush(30) == 0
+    end = max(parse_ts(r["occurred_at"]) for r in history)
+    contacts = sorted({r["contact_id"] for r in history if r.get("contact_id")})
+    live_contacts = contacts[::4]
+    untouched = set(contacts) - set(live_contacts)
+
+    worker = WorkerProc("w", kafka_bootstrap, topic_prefix, tmp_path / "state", OLD)
+    worker.start()
+    # Known contacts, and newcomers that start from nothing (so they cross thresholds
+    # before, during and after the hand-over).
+    newcomers = [f"newcomer-{k}" for k in range(40)]
+    live = LiveTraffic(
+        kafka_bootstrap, topic_prefix, live_contacts + newcomers, end + 3600 * US_PER_SECOND
+    )
+    rescore: subprocess.Popen[bytes] | None = None
+    try:
+        worker.wait_ready()
+        settle(worker, kafka_bootstrap, topic_prefix)
+        live.start()
+        out, err = tmp_path / "rescore.out", tmp_path / "rescore.err"
+        env = {
+            **os.environ,
+            "SCORESTREAM_BOOTSTRAP": kafka_bootstrap,
+            "SCORESTREAM_TOPIC_PREFIX": topic_prefix,
+            "SCORESTREAM_APP_ID": f"{topic_prefix}app",
+        }
+        with open(out, "wb") as o, open(err, "wb") as e:
+            rescore = subprocess.Popen(
+                [sys.executable, "-m", "scorestream", "rescore", "--rules", str(NEW)]
+                + ["--in", "5", "--wait", "150"],
+                env=env,
+                stdout=o,
+                stderr=e,
+                cwd=ROOT,
+            )
+        # The hand-over is announced: kill the worker and start it again at once.
+        wait_for(err, "workers hold at", rescore, 120)
+        time.sleep(1.0)
+        worker.kill9()
+        worker.start()
+        worker.wait_ready()
+        assert rescore.wait(240) == 0, err.read_text() + worker.tail(80)
+        assert "done." in out.read_text()
+        # Live traffic goes on under the new plan, with contacts first seen now too.
+        live.contacts = live_contacts + [f"after-{k}" for k in range(20)]
+        time.sleep(5.0)
+        live.halt.set()
+        live.join(30)
+        settle(worker, kafka_bootstrap, topic_prefix)
+
+        events = history + live.sent
+        run = offline(NEW, events, None)  # type: ignore[arg-type]
+        assert run.at is not None
+        at = format_ts(run.at)
+        for row in run.report():
+            code, doc = worker.get(f"/contacts/{row['contact_id']}?at={at}")
+            assert code == 200, (row, doc)
+            got = (doc["scores"], doc["tiers"])
+            assert got == (row["scores"], row["tiers"]), (row["contact_id"], worker.tail(60))
+        new_version = load_rules(NEW).version
+        old_version = load_rules(OLD).version
+        assert worker.status()["rules_version"] == new_version
+        assert worker.status()["rescore"] is None  # done: nothing open
+
+        leads = crossings_by_id(kafka_bootstrap, topic_prefix + "leads.sales_ready")
+        expected = {c.crossing_id: c.to_dict() for c in run.crossings}
+        changed = [c for c in leads.values() if c.get("reason") == "rules_changed"]
+        under_new = [
+            c for c in leads.values() if c["rules_version"] == new_version and "reason" not in c
+        ]
+        assert under_new, "live traffic after the hand-over should cross thresholds"
+        for c in under_new:
+            assert expected.get(c["crossing_id"]) == c, c
+
+        before = offline(OLD, history, None)  # type: ignore[arg-type]
+        after = offline(NEW, history, None)  # type: ignore[arg-type]
+        old_tiers = {r["contact_id"]: r["tiers"] for r in before.report()}
+        new_tiers = {r["contact_id"]: r["tiers"] for r in after.report()}
+        want = {
+            (key, model, old_tiers[key][model], tier)
+            for key, tiers in new_tiers.items()
+            if key in untouched
+            for model, tier in tiers.items()
+            if tier != old_tiers.get(key, {}).get(model)
+        }
+        got_changes = [
+            (c["contact_id"], c["model"], c["previous_tier"], c["tier"])
+            for c in changed
+            if c["contact_id"] in untouched
+        ]
+        assert len(got_changes) == len(set(got_changes)), "one record per contact and model"
+        assert set(got_changes) == want
+        assert {c["direction"] for c in changed} == {"up", "down"}
+        assert all(c["rules_version"] == new_version for c in changed)
+        # Measured against the state the worker had: the old plan's, or none for a
+        # contact whose first events the killed worker applied but never checkpointed.
+        versions = {c["previous_rules_version"] for c in changed}
+        assert old_version in versions and versions <= {old_version, None}, versions
+        assert all(
+            c["previous_rules_version"] == old_version
+            for c in changed
+            if c["contact_id"] in untouched
+        )
+    finally:
+        live.halt.set()
+        if rescore is not None and rescore.poll() is None:
+            rescore.kill()
+        worker.stop()
