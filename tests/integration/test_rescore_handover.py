@@ -41,6 +41,8 @@ from traffic import journeys
 ROOT = Path(__file__).resolve().parents[2]
 OLD = ROOT / "tests" / "plans" / "handover_old.yaml"
 NEW = ROOT / "tests" / "plans" / "handover_new.yaml"
+#: the hand-over 5 s after the rebuild, and up to 150 s for the workers to take it
+LEADS = ("--in", "5", "--wait", "150")
 
 
 def publish(p: Any, prefix: str, raws: list[dict[str, Any]]) -> None:
@@ -79,10 +81,10 @@ class LiveTraffic(threading.Thread):
         assert self.producer.flush(30) == 0
 
 
-def settle(worker: WorkerProc, bootstrap: str, prefix: str) -> None:
-    wait_processed(bootstrap, prefix, [worker])
+def settle(workers: list[WorkerProc], bootstrap: str, prefix: str) -> None:
+    wait_processed(bootstrap, prefix, workers)
     time.sleep(3.0)
-    wait_processed(bootstrap, prefix, [worker])
+    wait_processed(bootstrap, prefix, workers)
 
 
 def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -96,8 +98,9 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("count", [1, 2], ids=["one-worker", "two-workers"])
 def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
-    kafka_bootstrap: str, topic_prefix: str, kafka_topics: Any, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, kafka_topics: Any, tmp_path: Path, count: int
 ) -> None:
     history = journeys(300, seed=31)
     p = producer(kafka_bootstrap)
@@ -108,8 +111,13 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
     live_contacts = contacts[::4]
     untouched = set(contacts) - set(live_contacts)
 
-    worker = WorkerProc("w", kafka_bootstrap, topic_prefix, tmp_path / "state", OLD)
-    worker.start()
+    workers = [
+        WorkerProc(f"w{i}", kafka_bootstrap, topic_prefix, tmp_path / f"state{i}", OLD)
+        for i in range(count)
+    ]
+    worker = workers[0]  # the one killed
+    for w in workers:
+        w.start()
     # Known contacts, and newcomers that start from nothing (so they cross thresholds
     # before, during and after the hand-over).
     newcomers = [f"newcomer-{k}" for k in range(40)]
@@ -118,8 +126,9 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
     )
     rescore: subprocess.Popen[bytes] | None = None
     try:
-        worker.wait_ready()
-        settle(worker, kafka_bootstrap, topic_prefix)
+        for w in workers:
+            w.wait_ready()
+        settle(workers, kafka_bootstrap, topic_prefix)
         live.start()
         out, err = tmp_path / "rescore.out", tmp_path / "rescore.err"
         env = {
@@ -130,8 +139,7 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
         }
         with open(out, "wb") as o, open(err, "wb") as e:
             rescore = subprocess.Popen(
-                [sys.executable, "-m", "scorestream", "rescore", "--rules", str(NEW)]
-                + ["--in", "5", "--wait", "150"],
+                [sys.executable, "-m", "scorestream", "rescore", "--rules", str(NEW), *LEADS],
                 env=env,
                 stdout=o,
                 stderr=e,
@@ -150,7 +158,7 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
         time.sleep(5.0)
         live.halt.set()
         live.join(30)
-        settle(worker, kafka_bootstrap, topic_prefix)
+        settle(workers, kafka_bootstrap, topic_prefix)
 
         events = history + live.sent
         run = offline(NEW, events, None)  # type: ignore[arg-type]
@@ -163,8 +171,9 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
             assert got == (row["scores"], row["tiers"]), (row["contact_id"], worker.tail(60))
         new_version = load_rules(NEW).version
         old_version = load_rules(OLD).version
-        assert worker.status()["rules_version"] == new_version
-        assert worker.status()["rescore"] is None  # done: nothing open
+        for w in workers:
+            assert w.status()["rules_version"] == new_version
+            assert w.status()["rescore"] is None  # done: nothing open
 
         leads = crossings_by_id(kafka_bootstrap, topic_prefix + "leads.sales_ready")
         expected = {c.crossing_id: c.to_dict() for c in run.crossings}
@@ -209,4 +218,5 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
         live.halt.set()
         if rescore is not None and rescore.poll() is None:
             rescore.kill()
-        worker.stop()
+        for w in workers:
+            w.stop()
