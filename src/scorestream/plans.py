@@ -174,7 +174,7 @@ class Handover:
             "plan": self.text,
             "published_at": format_ts(self.published_at),
         }
-        if self.state == READY:
+        if self.ranges:
             doc["ranges"] = {str(p): list(r) for p, r in sorted(self.ranges.items())}
             doc["cuts"] = {str(p): c for p, c in sorted(self.cuts.items())}
             doc["clock"] = self.clock

@@ -7,7 +7,8 @@ SIGKILL once the hand-over is announced and started again at once. Afterwards:
 * every contact's scores and tiers are those of ``scorestream score`` under the new plan
   over every event (history and live traffic, nothing lost or counted twice);
 * every crossing id on ``leads.sales_ready`` has one content; the crossings made under
-  the new plan are the offline run's;
+  the new plan are the offline run's, and those under the old plan are the offline
+  run's over the events before the rebuild's cut (nothing after it was scored twice);
 * each contact whose tier the new plan moves gets one ``rules_changed`` record per
   model, and only those — checked exactly for the contacts the live traffic does not
   touch (the plans have no timers, so their tiers are those of ``score`` on the history).
@@ -26,16 +27,19 @@ from typing import Any
 
 import pytest
 from support import (
+    PARTITIONS,
     WorkerProc,
     crossings_by_id,
     offline,
     producer,
+    read_topic,
     wait_processed,
 )
 
 from scorestream.engine.rules import load_rules
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
-from scorestream.pipeline.routing import topic_for
+from scorestream.pipeline.routing import partition_for, topic_for
+from scorestream.plans import Handover, decode_control
 from traffic import journeys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +83,30 @@ class LiveTraffic(threading.Thread):
             i += 1
             time.sleep(0.02)
         assert self.producer.flush(30) == 0
+
+
+def placed(raws: list[dict[str, Any]]) -> list[tuple[dict[str, Any], tuple[str, int, int]]]:
+    """Each event with its (topic, partition, offset): one idempotent producer, in order."""
+    count: dict[tuple[str, int], int] = {}
+    out = []
+    for raw in raws:
+        tp = (
+            topic_for(raw["type"]),
+            partition_for(raw.get("contact_id") or raw["anonymous_id"], PARTITIONS),
+        )
+        offset = count.get(tp, 0)
+        count[tp] = offset + 1
+        out.append((raw, (*tp, offset)))
+    return out
+
+
+def handover_cuts(bootstrap: str, prefix: str) -> dict[int, dict[str, int]]:
+    """The cuts of the (one) rescore hand-over on the plan topic."""
+    for key, value, _, _ in read_topic(bootstrap, prefix + "scorestream.rules"):
+        record = decode_control(key, value)
+        if isinstance(record, Handover) and record.cuts:
+            return record.cuts
+    raise AssertionError("no rescore record with cuts on the plan topic")
 
 
 def settle(workers: list[WorkerProc], bootstrap: str, prefix: str) -> None:
@@ -182,6 +210,18 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
             c for c in leads.values() if c["rules_version"] == new_version and "reason" not in c
         ]
         assert under_new, "live traffic after the hand-over should cross thresholds"
+        # Nothing past the rebuild's cut was scored under the old plan: the old plan's
+        # crossings are all crossings of `score --rules OLD` over the events before it.
+        cuts = handover_cuts(kafka_bootstrap, topic_prefix)
+        before_cut = [raw for raw, (t, part, off) in placed(events) if off < cuts[part][t]]
+        assert len(before_cut) > len(history)  # some live traffic before the cut ...
+        assert len(before_cut) < len(events)  # ... and some after it
+        old_run = offline(OLD, before_cut, None)  # type: ignore[arg-type]
+        allowed = {c.crossing_id: c.to_dict() for c in old_run.crossings}
+        under_old = [c for c in leads.values() if c["rules_version"] == old_version]
+        assert under_old
+        for c in under_old:
+            assert allowed.get(c["crossing_id"]) == c, c
         for c in under_new:
             assert expected.get(c["crossing_id"]) == c, c
 
