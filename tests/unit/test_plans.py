@@ -281,3 +281,20 @@ def test_a_rescore_record_goes_through_every_state_and_back() -> None:
 def test_a_damaged_rescore_record_is_refused_with_its_reason(value: bytes, reason: str) -> None:
     with pytest.raises(PlanError, match=reason):
         decode_control(b"rescore:1", value)
+
+
+def test_every_record_of_the_plan_topic_fits_its_json_schema() -> None:
+    from jsonschema import Draft202012Validator  # noqa: PLC0415
+
+    schema = json.loads((ROOT / "topics" / "schemas" / "rules.schema.json").read_text())
+    validator = Draft202012Validator(schema)
+    text = (ROOT / "rules" / "b2b.yaml").read_text()
+    version = parse_rules(text, "b2b.yaml").version
+    plan = Plan(version, 2_000_000, 1_000_000, "b2b.yaml", text)
+    pending = Handover(1, PENDING, 2_000_000, version, "b2b.yaml", text, 1_000_000)
+    ready = pending.with_state(READY, ranges={0: (0, 4)}, cuts={0: {"events.form": 3}}, clock=5)
+    records = [plan, pending, ready, ready.with_state(DONE), Swapped(1, 0, "h:1")]
+    for record in records:
+        errors = list(validator.iter_errors(json.loads(record.encode())))
+        assert errors == [], (record, errors)
+    assert list(validator.iter_errors({"kind": "rescore", "id": 1, "state": "later"}))
