@@ -15,6 +15,14 @@ end), then, in the same run and in turn:
 
 Prints events/s of each, the ratio rescore / baseline, and what 10 million events would
 take at each rate.
+
+Then the hand-over's own cost, which the workers wait for (they hold from the hand-over
+point until they have taken their states), each against a baseline in the same run:
+
+* writing every rebuilt state to ``scorestream.rescore`` (``rescore.write_states``)
+  against a bare producer writing the same bytes;
+* reading them back and installing them (``Processor.install`` into in-memory stores,
+  the worker's path without Faust and RocksDB) against a bare consume loop over them.
 """
 
 from __future__ import annotations
@@ -35,8 +43,15 @@ sys.path.insert(0, str(ROOT / "src"))
 from scorestream.engine.rules import load_rules  # noqa: E402
 from scorestream.engine.scorer import Engine  # noqa: E402
 from scorestream.engine.timeutil import US_PER_SECOND  # noqa: E402
-from scorestream.pipeline.routing import INPUT_TOPICS, topic_for  # noqa: E402
-from scorestream.rescore import rebuild  # noqa: E402
+from scorestream.pipeline.processor import Processor  # noqa: E402
+from scorestream.pipeline.records import MIN_TS  # noqa: E402
+from scorestream.pipeline.routing import (  # noqa: E402
+    INPUT_TOPICS,
+    RESCORE_STATES,
+    topic_for,
+)
+from scorestream.pipeline.store import MemoryStore, decode_value  # noqa: E402
+from scorestream.rescore import rebuild, write_states  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
 from scorestream.simulate import Traffic  # noqa: E402
 from scorestream.topics import apply, delete_prefixed, load_declarations  # noqa: E402
@@ -108,6 +123,89 @@ def baseline(bootstrap: str, prefix: str) -> tuple[float, int]:
     return n / elapsed, n
 
 
+class _Nothing:
+    """An emitter that drops everything (the install sends nothing in this bench)."""
+
+    def crossing(self, crossing: object) -> None:
+        return None
+
+    def dlq(self, record: object) -> None:
+        return None
+
+    def repartition(self, partition: int, key: str, value: bytes) -> None:
+        return None
+
+
+def _read(bootstrap: str, topic: str, ranges: dict[int, tuple[int, int]]) -> dict[int, list[bytes]]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+        }
+    )
+    out: dict[int, list[bytes]] = {p: [] for p in ranges}
+    left = {p: end for p, (start, end) in ranges.items() if end > start}
+    consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in left])
+    while left:
+        for msg in consumer.consume(num_messages=10_000, timeout=0.2):
+            p = msg.partition() or 0
+            if p in left and (msg.offset() or 0) < left[p]:
+                out[p].append(msg.value() or b"")
+                if (msg.offset() or 0) + 1 >= left[p]:
+                    del left[p]
+    consumer.close()
+    return out
+
+
+def handover(bootstrap: str, settings: Settings, processor: Processor) -> None:
+    """The hand-over's write and read+install, each against a bare client."""
+    topic = settings.topic(RESCORE_STATES)
+    began = time.perf_counter()
+    ranges = write_states(processor, settings, 1)
+    wrote = time.perf_counter() - began
+    states = sum(end - start for start, end in ranges.values())
+
+    began = time.perf_counter()
+    read = _read(bootstrap, topic, ranges)
+    bare_read = time.perf_counter() - began
+    size = sum(len(v) for values in read.values() for v in values)
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000}
+        | {"compression.type": "lz4", "enable.idempotence": True}
+    )
+    began = time.perf_counter()
+    for p, values in read.items():
+        for value in values:
+            while True:
+                try:
+                    producer.produce(topic, value, b"k", partition=p)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+    producer.flush(60)
+    bare_write = time.perf_counter() - began
+
+    target = Processor(processor.engine, len(ranges), _Nothing(), highwater=lambda t, p: 0)
+    for p in ranges:
+        target.assign(p, MemoryStore(), {})
+    began = time.perf_counter()
+    for p, values in _read(bootstrap, topic, ranges).items():
+        target.install(p, [decode_value(v) for v in values], {}, {}, 1, MIN_TS)
+    installed = time.perf_counter() - began
+
+    print(f"hand-over: {states:,} states, {size / 1e6:,.1f} MB")
+    print(f"{'hand-over step':<52}{'states/s':>10}{'x baseline':>12}{'10M states':>12}")
+    for name, seconds, base in (
+        ("baseline: bare producer, same bytes", bare_write, bare_write),
+        ("write_states (rescore)", wrote, bare_write),
+        ("baseline: bare consume of the states", bare_read, bare_read),
+        ("read + decode + Processor.install (worker)", installed, bare_read),
+    ):
+        rate = states / seconds
+        print(f"{name:<52}{rate:>10,.0f}{base / seconds:>12.2f}{_minutes(TEN_MILLION / rate):>12}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -141,6 +239,7 @@ def main() -> None:
             f"rescore: {contacts:,} contacts rebuilt, {result.history_crossings:,} crossings "
             f"replayed, {result.invalid:,} invalid"
         )
+        handover(args.bootstrap, settings, result.processor)
     finally:
         delete_prefixed(settings)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 from support import (
     PARTITIONS,
     WorkerProc,
@@ -204,6 +205,10 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
             assert w.status()["rescore"] is None  # done: nothing open
 
         leads = crossings_by_id(kafka_bootstrap, topic_prefix + "leads.sales_ready")
+        schema = json.loads((ROOT / "topics" / "schemas" / "sales_ready.schema.json").read_text())
+        validator = Draft202012Validator(schema)
+        for record in leads.values():
+            assert list(validator.iter_errors(record)) == [], record
         expected = {c.crossing_id: c.to_dict() for c in run.crossings}
         changed = [c for c in leads.values() if c.get("reason") == "rules_changed"]
         under_new = [

@@ -239,9 +239,10 @@ class HandoverAgent:
             name = model.name
             if before.get(name) == after.get(name):
                 continue
-            prior = None
+            # A contact the worker had no state for had scored nothing.
+            prior = 0.0
             if old is not None and old.alias is None and old.clock is not None:
-                prior = previous.scores(old, old.clock).get(name)
+                prior = previous.scores(old, old.clock).get(name, 0.0)
             change = TierChange(
                 new.key,
                 name,
