@@ -21,8 +21,9 @@ point until they have taken their states), each against a baseline in the same r
 
 * writing every rebuilt state to ``scorestream.rescore`` (``rescore.write_states``)
   against a bare producer writing the same bytes;
-* reading them back and installing them (``Processor.install`` into in-memory stores,
-  the worker's path without Faust and RocksDB) against a bare consume loop over them.
+* reading them back and installing them over a state per contact (``Processor.install``
+  into in-memory stores, the worker's path without Faust and RocksDB) against a bare
+  consume loop over them.
 """
 
 from __future__ import annotations
@@ -186,12 +187,21 @@ def handover(bootstrap: str, settings: Settings, processor: Processor) -> None:
     producer.flush(60)
     bare_write = time.perf_counter() - began
 
+    # The worker has a state for every contact already: install once (not timed) so the
+    # timed install replaces stored states, as a worker's does.
     target = Processor(processor.engine, len(ranges), _Nothing(), highwater=lambda t, p: 0)
+    cache = max(1000, settings.cache_contacts // len(ranges))  # the worker's cache size
     for p in ranges:
-        target.assign(p, MemoryStore(), {})
+        target.assign(p, MemoryStore(cache_size=cache), {})
+        target.install(p, [decode_value(v) for v in read[p]], {}, {}, 1, MIN_TS)
+        store = target.parts[p].store
+        keys = target.take_dirty(p)
+        store.write([(k.encode(), target.encode(p, k)[0]) for k in keys], {})
+        store.settle(keys, written=True)
+        store.drop_cache()  # stored as bytes, as in RocksDB: the install decodes them
     began = time.perf_counter()
     for p, values in _read(bootstrap, topic, ranges).items():
-        target.install(p, [decode_value(v) for v in values], {}, {}, 1, MIN_TS)
+        target.install(p, [decode_value(v) for v in values], {}, {}, 2, MIN_TS)
     installed = time.perf_counter() - began
 
     print(f"hand-over: {states:,} states, {size / 1e6:,.1f} MB")

@@ -78,6 +78,24 @@ def test_written_states_come_back_after_the_cache_drops_them(store: CachedStore)
     assert sorted(store.dues()) == [("c-1", 10), ("c-2", 20), ("c-3", 30)]
 
 
+def test_after_many_dirty_states_are_written_the_cache_shrinks_to_its_size(
+    store: CachedStore,
+) -> None:
+    # A rescore's hand-over dirties every state of a partition at once, far beyond the
+    # cache size: they all stay until written, then the cache shrinks to its size.
+    for i in range(500):
+        store.put(state(f"c-{i:03d}", i))
+    assert store.cached == 500
+    keys = [s.key for s in store.take_dirty()]
+    store.write([(k.encode(), encode_value(store.get(k), None)) for k in keys], {})  # type: ignore[arg-type]
+    store.settle(keys, written=True)
+    assert store.cached == 2
+    again = store.get("c-250")
+    assert again is not None and again.clock == 250
+    assert store.cached == 2
+    assert "c-250" in store._cache  # the most recently used stays
+
+
 def test_recovery_writes_records_and_tombstones(store: CachedStore) -> None:
     store.apply_changelog(
         [(b"c-1", encode_value(state("c-1", 1), None)), (b"c-2", encode_value(state("c-2", 2), 5))],

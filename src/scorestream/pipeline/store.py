@@ -102,6 +102,10 @@ class CachedStore(ABC):
         self.dirty: set[str] = set()
         #: keys being checkpointed: taken from ``dirty``, not yet written
         self.pending: set[str] = set()
+        #: cached keys that may leave memory (neither dirty nor pending), least recently
+        #: used first: eviction takes them from the front without scanning the cache,
+        #: which may hold many more dirty states than its size (a rescore's hand-over)
+        self._clean: OrderedDict[str, None] = OrderedDict()
 
     # -- bytes (the subclass's storage)
 
@@ -147,28 +151,40 @@ class CachedStore(ABC):
         state = self._cache.get(key)
         if state is not None:
             self._cache.move_to_end(key)
+            if key in self._clean:
+                self._clean.move_to_end(key)
             return state
         raw = self._load(key.encode("utf-8"))
         if raw is None:
             return None
         state = decode_value(raw)
-        self._remember(key, state)
+        self._remember(key, state, clean=True)
         return state
 
     def put(self, state: ContactState) -> None:
         """Record a changed state; it is written at the next checkpoint."""
-        self._remember(state.key, state)
-        self.dirty.add(state.key)
+        key = state.key
+        self._clean.pop(key, None)
+        self._remember(key, state, clean=False)
+        self.dirty.add(key)
 
-    def _remember(self, key: str, state: ContactState) -> None:
+    def _remember(self, key: str, state: ContactState, clean: bool) -> None:
         cache = self._cache
         cache[key] = state
         cache.move_to_end(key)
-        if len(cache) > self.cache_size:
-            # Evict least recently used clean states; dirty ones stay until written.
-            for old in list(cache.keys())[: len(cache) - self.cache_size]:
-                if old not in self.dirty and old not in self.pending:
-                    del cache[old]
+        if clean:
+            self._clean[key] = None
+            self._clean.move_to_end(key)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Evict least recently used clean states; dirty ones stay until written."""
+        cache = self._cache
+        clean = self._clean
+        while len(cache) > self.cache_size and clean:
+            old, _ = clean.popitem(last=False)
+            if old not in self.dirty and old not in self.pending:
+                cache.pop(old, None)
 
     def take_dirty(self) -> list[ContactState]:
         """The states changed since the last call, in key order (now pending)."""
@@ -182,6 +198,12 @@ class CachedStore(ABC):
         self.pending.difference_update(keys)
         if not written:
             self.dirty.update(keys)
+            return
+        cache, dirty, clean = self._cache, self.dirty, self._clean
+        for key in keys:
+            if key in cache and key not in dirty:
+                clean[key] = None
+        self._trim()
 
     @property
     def cached(self) -> int:
@@ -191,6 +213,7 @@ class CachedStore(ABC):
     def drop_cache(self) -> None:
         """Forget cached states (after the stored bytes changed, e.g. recovery)."""
         self._cache.clear()
+        self._clean.clear()
         self.dirty.clear()
         self.pending.clear()
 
