@@ -134,14 +134,9 @@ def read_to_end(
     quiet_since = time.monotonic()
     try:
         while left:
-            messages = consumer.consume(num_messages=batch, timeout=BATCH_WAIT)
+            messages, came = _consume(consumer, batch)
             kept: list[Message] = []
             for msg in messages:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaFailure(f"reading {msg.topic()}[{msg.partition()}]: {err}")
                 tp = (msg.topic() or "", msg.partition() or 0)
                 end = left.get(tp)
                 offset = msg.offset() or 0
@@ -153,7 +148,7 @@ def read_to_end(
             if kept:
                 on_batch(kept)
                 quiet_since = time.monotonic()
-            elif not messages and left:
+            elif not came and left:
                 _finish_by_position(consumer, left)
                 if left and time.monotonic() - quiet_since > stall_limit:
                     detail = ", ".join(f"{t}[{p}]" for t, p in sorted(left))
@@ -162,6 +157,21 @@ def read_to_end(
                     )
     finally:
         consumer.unassign()
+
+
+def _consume(consumer: Consumer, batch: int) -> tuple[list[Message], int]:
+    """One ``consume`` call: its messages without the partition-EOF events, and how many
+    came in all; any other error is raised."""
+    messages = consumer.consume(num_messages=batch, timeout=BATCH_WAIT)
+    kept: list[Message] = []
+    for msg in messages:
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                continue
+            raise KafkaFailure(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+        kept.append(msg)
+    return kept, len(messages)
 
 
 def _finish(consumer: Consumer, left: dict[tuple[str, int], int], tp: tuple[str, int]) -> None:
@@ -652,15 +662,7 @@ def catch_up(
         last_line = time.monotonic()
         target: dict[tuple[str, int], int] | None = None
         while True:
-            messages = consumer.consume(num_messages=batch, timeout=BATCH_WAIT)
-            kept = []
-            for msg in messages:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaFailure(f"reading {msg.topic()}[{msg.partition()}]: {err}")
-                kept.append(msg)
+            kept, _ = _consume(consumer, batch)
             if kept:
                 feed.take(kept)
                 read += len(kept)

@@ -144,19 +144,29 @@ def test_after_the_hand_over_the_worker_ends_as_score_does_under_the_new_plan(
     assert missing == []
 
 
-def test_a_second_install_of_the_same_generation_keeps_what_came_after_it() -> None:
-    # A worker restarted after its hand-over installs the generation again (it cannot
-    # know whether its checkpoint included it): states already from the generation stay.
-    raws = journeys(40, seed=5)
+def scored(
+    people: int, seed: int, share: int, held: bool
+) -> tuple[int, OfflineRun, Cluster, Member]:
+    """Journeys published at once; the point 1/``share`` into their event times; the
+    offline run under the new plan; a worker that scored them under the old plan."""
+    raws = journeys(people, seed=seed)
     times = sorted(parse_ts(r["occurred_at"]) for r in raws)
-    at = times[len(times) // 3]
+    at = times[len(times) // share]
     run = offline(raws)
     assert run.at is not None
     cluster = Cluster()
     cluster.publish(raws)
     worker = Member(cluster, Engine(OLD), range(N))
-    worker.proc.hold(at)
-    run_members([worker], random.Random(5))
+    if held:
+        worker.proc.hold(at)
+    run_members([worker], random.Random(seed))
+    return at, run, cluster, worker
+
+
+def test_a_second_install_of_the_same_generation_keeps_what_came_after_it() -> None:
+    # A worker restarted after its hand-over installs the generation again (it cannot
+    # know whether its checkpoint included it): states already from the generation stay.
+    at, run, cluster, worker = scored(40, seed=5, share=3, held=True)
     rescore, cuts, clock = rebuild(cluster, at, 5)
     hand_over(worker, rescore, cuts, clock)
     run_members([worker], random.Random(6))
@@ -173,16 +183,8 @@ def test_a_second_install_of_the_same_generation_keeps_what_came_after_it() -> N
 
 
 def test_a_contact_first_seen_after_the_cut_is_scored_again_under_the_new_plan() -> None:
-    raws = journeys(40, seed=8)
-    times = sorted(parse_ts(r["occurred_at"]) for r in raws)
-    at = times[len(times) // 2]
-    run = offline(raws)
-    assert run.at is not None
-    cluster = Cluster()
-    cluster.publish(raws)
     # Not held: the worker scored everything under the old plan first.
-    worker = Member(cluster, Engine(OLD), range(N))
-    run_members([worker], random.Random(8))
+    at, run, cluster, worker = scored(40, seed=8, share=2, held=False)
     rescore, cuts, clock = rebuild(cluster, at, 8)
     rebuilt = {s.key for s in rescore.proc.states()}
     newcomers = {s.key for s in worker.proc.states()} - rebuilt
