@@ -80,6 +80,8 @@ class HandoverAgent:
         self._gave_up: set[int] = set()
         #: partitions installed and not yet reported
         self.to_report: set[int] = set()
+        #: partitions reported per rescore (by any worker)
+        self._reported: dict[int, set[int]] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     # ------------------------------------------------------------------ control records
@@ -288,6 +290,24 @@ class HandoverAgent:
             self.outputs.produce(topic, swapped.key, swapped.encode())
         self.to_report -= done
         self.outputs.poll()
+
+    def reported(self, reports: list[Swapped]) -> Handover | None:
+        """Workers' reports read from the plan topic. Once every partition has reported
+        the open hand-over, close it (``done``) on the topic: the rescore does too, but it
+        may have stopped waiting, and an open hand-over makes every rebalance read its
+        partitions again from the cut. Returns the record written, if any."""
+        for report in reports:
+            self._reported.setdefault(report.id, set()).add(report.partition)
+        current = self.current
+        if current is None or current.state != READY:
+            return None
+        if self._reported.get(current.id, set()) < set(range(self.topology.partitions)):
+            return None
+        done = current.with_state(DONE)
+        self.outputs.produce(self.topology.real(RULES_TOPIC), done.key, done.encode())
+        self.outputs.poll()
+        log.info("rescore %d: every partition took the states; closing it", current.id)
+        return done
 
     def status(self) -> dict[str, Any] | None:
         """What ``/status`` shows of the open hand-over."""

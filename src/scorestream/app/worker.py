@@ -270,9 +270,13 @@ class Runtime:
     def _schedule_plans(self, found: list[tuple[Plan, Engine]]) -> None:
         for plan, engine in found:
             self.processor.schedule_plan(plan.effective_at, engine)
-        handovers, _ = self.plans.take_control()
+        handovers, reports = self.plans.take_control()
         for handover, engine in handovers:
             self.handover.take(handover, engine)
+        agent = self.handover
+        done = agent.reported(reports)
+        if done is not None and agent.engine is not None:
+            agent.take(done, agent.engine)
         self._note_switches()
 
     async def install_rescore(self) -> None:
