@@ -2,7 +2,9 @@
 
 A worker scores a backlog (``traffic.journeys``) under the old plan. ``rescore`` rebuilds
 it under a new plan while live traffic keeps coming, and the worker is killed with
-SIGKILL once the hand-over is announced and started again at once. Afterwards:
+SIGKILL once the hand-over is announced and started again at once (with one worker, and
+with two sharing the partitions); in a third case the rescore stops waiting for the
+workers' reports at once and the workers close the hand-over themselves. Afterwards:
 
 * every contact's scores and tiers are those of ``scorestream score`` under the new plan
   over every event (history and live traffic, nothing lost or counted twice);
@@ -46,8 +48,8 @@ from traffic import journeys
 ROOT = Path(__file__).resolve().parents[2]
 OLD = ROOT / "tests" / "plans" / "handover_old.yaml"
 NEW = ROOT / "tests" / "plans" / "handover_new.yaml"
-#: the hand-over 5 s after the rebuild, and up to 150 s for the workers to take it
-LEADS = ("--in", "5", "--wait", "150")
+#: the hand-over 5 s after the rebuild
+LEAD = ("--in", "5")
 
 
 def publish(p: Any, prefix: str, raws: list[dict[str, Any]]) -> None:
@@ -127,11 +129,23 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("count", [1, 2], ids=["one-worker", "two-workers"])
+@pytest.mark.parametrize(
+    ("count", "wait"),
+    [(1, 150.0), (2, 150.0), (1, 0.05)],
+    ids=["one-worker", "two-workers", "rescore-stops-waiting"],
+)
 def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
-    kafka_bootstrap: str, topic_prefix: str, kafka_topics: Any, tmp_path: Path, count: int
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    kafka_topics: Any,
+    tmp_path: Path,
+    count: int,
+    wait: float,
 ) -> None:
-    history = journeys(300, seed=31)
+    # No cookie events after an identify: with two workers those are the one documented
+    # case where live order may differ from offline (README, Known limits), and this test
+    # compares the old plan's live crossings with an offline run.
+    history = journeys(300, seed=31, cookie_after_identify=0.0)
     p = producer(kafka_bootstrap)
     publish(p, topic_prefix, history)
     assert p.flush(30) == 0
@@ -168,7 +182,10 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
         }
         with open(out, "wb") as o, open(err, "wb") as e:
             rescore = subprocess.Popen(
-                [sys.executable, "-m", "scorestream", "rescore", "--rules", str(NEW), *LEADS],
+                [
+                    *(sys.executable, "-m", "scorestream", "rescore", "--rules", str(NEW)),
+                    *(*LEAD, "--wait", str(wait)),
+                ],
                 env=env,
                 stdout=o,
                 stderr=e,
@@ -180,8 +197,13 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
         worker.kill9()
         worker.start()
         worker.wait_ready()
-        assert rescore.wait(240) == 0, err.read_text() + worker.tail(80)
-        assert "done." in out.read_text()
+        if wait > 1:
+            assert rescore.wait(240) == 0, err.read_text() + worker.tail(80)
+            assert "done." in out.read_text()
+        else:
+            # It stops waiting before the workers report: they close the hand-over.
+            assert rescore.wait(240) == 1, err.read_text()
+            assert "did not report the new states" in err.read_text()
         # Live traffic goes on under the new plan, with contacts first seen now too.
         live.contacts = live_contacts + [f"after-{k}" for k in range(20)]
         time.sleep(5.0)
