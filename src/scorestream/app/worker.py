@@ -66,6 +66,9 @@ RUN_LIMIT = 2000
 FETCH_BATCH = 2000
 #: seconds between moves of long-lived objects out of the cyclic GC's scans
 FREEZE_EVERY = 30.0
+#: seconds between reads of the plan topic, and while a rescore hand-over is open
+PLANS_EVERY = 1.0
+PLANS_FAST = 0.2
 #: how often the merge looks again at what it waits for, while it waits (seconds)
 PUMP_WAITING = 0.003
 PUMP_IDLE = 0.05
@@ -601,13 +604,21 @@ class Runtime:
 
         timer(10.0)(lag)
 
+        polled = [0.0]
+
         async def plans() -> None:
+            # Every second; every PLANS_FAST seconds while a rescore hand-over is open,
+            # since the workers hold until they have read that its states are ready.
+            now = time.monotonic()
+            if runtime.handover.current is None and now - polled[0] < PLANS_EVERY:
+                return
+            polled[0] = now
             found = await asyncio.get_running_loop().run_in_executor(None, runtime.watch_plans)
             runtime._schedule_plans(found)
             if runtime.handover.install_due:
                 await runtime.install_rescore()
 
-        timer(1.0)(plans)
+        timer(PLANS_FAST)(plans)
 
         async def pump() -> None:
             while True:
