@@ -288,6 +288,10 @@ class Runtime:
             handover = self.handover.begin()
             if handover is None:
                 return
+            # The states about to be replaced are made durable first: a worker that dies
+            # during the install installs again after its restart over the very same
+            # states, so its rules_changed records come again with the same content.
+            await self._checkpoint()
             parts = sorted(self.processor.parts)
             loop = asyncio.get_running_loop()
             began = time.perf_counter()
