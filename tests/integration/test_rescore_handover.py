@@ -4,7 +4,9 @@ A worker scores a backlog (``traffic.journeys``) under the old plan. ``rescore``
 it under a new plan while live traffic keeps coming, and the worker is killed with
 SIGKILL once the hand-over is announced and started again at once (with one worker, and
 with two sharing the partitions); in a third case the rescore stops waiting for the
-workers' reports at once and the workers close the hand-over themselves. Afterwards:
+workers' reports at once and the workers close the hand-over themselves; in a fourth the
+worker is killed when the states are ready (it installs them, or installs them again,
+after its restart). Afterwards:
 
 * every contact's scores and tiers are those of ``scorestream score`` under the new plan
   over every event (history and live traffic, nothing lost or counted twice);
@@ -130,9 +132,14 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    ("count", "wait"),
-    [(1, 150.0), (2, 150.0), (1, 0.05)],
-    ids=["one-worker", "two-workers", "rescore-stops-waiting"],
+    ("count", "wait", "kill_after"),
+    [
+        (1, 150.0, "workers hold at"),
+        (2, 150.0, "workers hold at"),
+        (1, 0.05, "workers hold at"),
+        (1, 150.0, "states written"),
+    ],
+    ids=["one-worker", "two-workers", "rescore-stops-waiting", "killed-at-ready"],
 )
 def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
     kafka_bootstrap: str,
@@ -141,6 +148,7 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
     tmp_path: Path,
     count: int,
     wait: float,
+    kill_after: str,
 ) -> None:
     # No cookie events after an identify: with two workers those are the one documented
     # case where live order may differ from offline (README, Known limits), and this test
@@ -192,8 +200,9 @@ def test_rescore_hands_over_to_a_worker_killed_meanwhile_with_live_traffic(
                 cwd=ROOT,
             )
         # The hand-over is announced: kill the worker and start it again at once.
-        wait_for(err, "workers hold at", rescore, 120)
-        time.sleep(1.0)
+        wait_for(err, kill_after, rescore, 120)
+        if kill_after == "workers hold at":
+            time.sleep(1.0)
         worker.kill9()
         worker.start()
         worker.wait_ready()

@@ -141,3 +141,21 @@ def test_done_read_at_start_up_makes_the_rescore_plan_the_workers_plan() -> None
     assert proc.engine.rules.version == NEW.version
     assert made.status() is None and proc.holding is None
     assert json.loads(record(DONE).encode())["cuts"] == {str(p): {} for p in range(6)}
+
+
+def test_ready_read_by_a_starting_worker_freezes_it_until_the_states_are_in() -> None:
+    # A worker (re)started while the hand-over is open must score nothing under the old
+    # plan: what follows the cut would be scored again under the new one.
+    made, proc, _ = agent()
+    made.take(record(READY), Engine(NEW))
+    assert made.frozen and proc.holding == MIN_TS
+    handover = made.begin()
+    assert handover is not None
+    made.retry(handover, "Kafka away")  # the states could not be read: still frozen
+    assert made.install_due and proc.holding == MIN_TS
+    handover = made.begin()
+    assert handover is not None
+    made.install(handover, {})
+    assert proc.holding is None and not made.frozen
+    made.take(record(READY), Engine(NEW))  # read again after the install: nothing to do
+    assert proc.holding is None and not made.install_due

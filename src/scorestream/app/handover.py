@@ -131,7 +131,16 @@ class HandoverAgent:
                     format_ts(handover.at),
                 )
         elif handover.state == READY:
+            installed = self.installed
+            if installed is not None and installed.id == hid:
+                return  # taken here already
             self.install_due = True
+            # Nothing more under the old plan until the states are in: a worker that
+            # (re)starts while the hand-over is open would otherwise score events past
+            # the cut under it, and again under the new plan after the install.
+            proc.hold(MIN_TS)
+            self.frozen = True
+            self._held_since = time.monotonic()
 
     def freeze_check(self, now: float) -> None:
         """At the hand-over's wall-clock time, stop releasing anything (see the module)."""
@@ -181,6 +190,13 @@ class HandoverAgent:
         self.previous = self.processor.engine
         self.installed = current
         return current
+
+    def retry(self, handover: Handover, reason: str) -> None:
+        """The states could not be read: stay frozen and try again at the next poll."""
+        log.error(
+            "rescore %d: cannot read the rebuilt states (%s); trying again", handover.id, reason
+        )
+        self.install_due = True
 
     def load(self, handover: Handover, partitions: list[int]) -> dict[int, list[ContactState]]:
         """Read the rebuilt states of ``partitions`` (runs in a thread: Kafka I/O)."""

@@ -295,7 +295,11 @@ class Runtime:
             parts = sorted(self.processor.parts)
             loop = asyncio.get_running_loop()
             began = time.perf_counter()
-            loaded = await loop.run_in_executor(None, self.handover.load, handover, parts)
+            try:
+                loaded = await loop.run_in_executor(None, self.handover.load, handover, parts)
+            except Exception as exc:  # Kafka away: stay frozen, nothing is lost; retry
+                self.handover.retry(handover, repr(exc))
+                return
             changes = self.handover.install(handover, loaded)
             self._note_switches()
             log.info(
