@@ -641,11 +641,14 @@ def catch_up(
     merger = processor.merger
     inputs = [(t, p) for (t, p) in merger.sources if t in real]
     consumer = Consumer(clients.reader(settings, f"{settings.app_id}-rescore-{uuid.uuid4().hex}"))
+    # End offsets are asked for by a consumer of their own: asked through the one that is
+    # fetching, each answer waited behind its fetches (about half a second apiece).
+    probe = Consumer(clients.reader(settings, f"{settings.app_id}-rescore-{uuid.uuid4().hex}"))
     high: dict[tuple[str, int], int] = {}
 
     def ends() -> None:
         for topic, partition in inputs:
-            _, end = consumer.get_watermark_offsets(
+            _, end = probe.get_watermark_offsets(
                 TopicPartition(topic, partition), timeout=15, cached=False
             )
             high[(topic, partition)] = int(end)
@@ -691,6 +694,7 @@ def catch_up(
                 break
     finally:
         consumer.close()
+        probe.close()
     offsets = {p: dict(part.released) for p, part in processor.parts.items()}
     newest = processor.newest
     lateness = int(processor.settings.lateness * US_PER_SECOND)

@@ -135,6 +135,7 @@ class HandoverAgent:
             if installed is not None and installed.id == hid:
                 return  # taken here already
             self.install_due = True
+            log.info("rescore %d ready: taking its states (plan %s)", hid, handover.version)
             # Nothing more under the old plan until the states are in: a worker that
             # (re)starts while the hand-over is open would otherwise score events past
             # the cut under it, and again under the new plan after the install.

@@ -291,7 +291,9 @@ class Runtime:
             # The states about to be replaced are made durable first: a worker that dies
             # during the install installs again after its restart over the very same
             # states, so its rules_changed records come again with the same content.
+            began = time.perf_counter()
             await self._checkpoint()
+            log.info("rescore %d: checkpointed in %.2f s", handover.id, time.perf_counter() - began)
             parts = sorted(self.processor.parts)
             loop = asyncio.get_running_loop()
             began = time.perf_counter()
