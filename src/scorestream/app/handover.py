@@ -142,6 +142,7 @@ class HandoverAgent:
             proc.hold(MIN_TS)
             self.frozen = True
             self._held_since = time.monotonic()
+            self.metrics.rescore_holding.set(handover.at / US_PER_SECOND)
 
     def freeze_check(self, now: float) -> None:
         """At the hand-over's wall-clock time, stop releasing anything (see the module)."""
