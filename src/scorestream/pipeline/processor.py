@@ -275,7 +275,7 @@ class Processor:
             state.marks[GENERATION_MARK] = generation
             replaced.append((old, state))
             self._changed(part, state, ())
-        for key in _keys(store):
+        for key in store.keys():
             if key in seen:
                 continue
             old = store.get(key)
@@ -944,15 +944,6 @@ def _past_cut(marks: dict[str, int], cuts: dict[int, dict[str, int]]) -> bool:
         if topic is not None and position >= cut.get(topic, 1 << 62):
             return True
     return False
-
-
-def _keys(store: StateStore) -> list[str]:
-    """Every key of a store (states and aliases)."""
-    keys = getattr(store, "keys", None)
-    if keys is not None:
-        found: list[str] = keys()
-        return found
-    return [state.key for state in _states(store)]
 
 
 def _states(store: StateStore) -> Iterator[ContactState]:

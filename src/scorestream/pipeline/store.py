@@ -82,6 +82,9 @@ class StateStore(Protocol):
     def dues(self) -> Iterator[tuple[str, int]]:
         """(contact, due) for every stored contact with something due."""
 
+    def keys(self) -> list[str]:
+        """Every key held, stored or cached (states and aliases), sorted."""
+
     def drop_cache(self) -> None:
         """Forget cached states (the stored bytes changed underneath)."""
 
