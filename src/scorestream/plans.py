@@ -95,16 +95,22 @@ class Plan:
         return rules
 
 
-def decode_plan(value: bytes | None) -> Plan:
-    """A plan record's value; :class:`PlanError` for anything else."""
+def _json_object(value: bytes | None, what: str) -> dict[str, Any]:
+    """A record value that must be a JSON object; :class:`PlanError` saying why not."""
     if value is None:
-        raise PlanError("a tombstone, not a plan")
+        raise PlanError(f"a tombstone, not {what}")
     try:
         doc = json.loads(value)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PlanError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise PlanError("not a JSON object")
+    return doc
+
+
+def decode_plan(value: bytes | None) -> Plan:
+    """A plan record's value; :class:`PlanError` for anything else."""
+    doc = _json_object(value, "a plan")
     fields: dict[str, Any] = {}
     for name in ("version", "effective_at", "published_at", "source", "plan"):
         item = doc.get(name)
@@ -204,8 +210,12 @@ class Swapped:
 
     def encode(self) -> bytes:
         """The record value."""
-        doc = {"kind": "rescore-swapped", "id": self.id, "partition": self.partition}
-        doc["worker"] = self.worker
+        doc: dict[str, Any] = {
+            "kind": "rescore-swapped",
+            "id": self.id,
+            "partition": self.partition,
+            "worker": self.worker,
+        }
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -217,14 +227,7 @@ def decode_control(key: bytes | None, value: bytes | None) -> Control:
     :class:`PlanError` if it is none of them."""
     if not (key or b"").startswith(HANDOVER_PREFIX.encode()):
         return decode_plan(value)
-    if value is None:
-        raise PlanError("a tombstone, not a control record")
-    try:
-        doc = json.loads(value)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PlanError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise PlanError("not a JSON object")
+    doc = _json_object(value, "a control record")
     try:
         if doc.get("kind") == "rescore-swapped":
             return Swapped(int(doc["id"]), int(doc["partition"]), str(doc.get("worker", "")))
