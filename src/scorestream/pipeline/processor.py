@@ -275,7 +275,7 @@ class Processor:
             state.marks[GENERATION_MARK] = generation
             replaced.append((old, state))
             self._changed(part, state, ())
-        for key in store.keys():
+        for key in store.keys():  # noqa: SIM118 (a store, not a dict)
             if key in seen:
                 continue
             old = store.get(key)
