@@ -36,7 +36,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any, Literal, TextIO
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
@@ -54,7 +53,7 @@ from scorestream.pipeline.processor import Settings as ProcessorSettings
 from scorestream.pipeline.records import MIN_TS
 from scorestream.pipeline.routing import INPUT_TOPICS, RESCORE_STATES, SCORES
 from scorestream.pipeline.store import ScratchStore, encode_value
-from scorestream.plans import ABORTED, DONE, PENDING, READY, RULES_TOPIC, Handover
+from scorestream.plans import ABORTED, DONE, PENDING, READY, RULES_TOPIC, Handover, make_plan
 from scorestream.settings import Settings
 
 #: messages asked for per ``consume`` call: large, so per-call costs vanish
@@ -335,28 +334,18 @@ def rebuild(
         gc.disable()
         try:
             read_to_end(consumer, spans, on_batch, batch)
-            if not finish:
-                return Rebuild(
-                    processor,
-                    feed.latest,
-                    feed.messages,
-                    0,
-                    tally.crossings,
-                    time.perf_counter() - began,
-                    partitions,
-                    spans,
-                )
-            # Every partition is at its end: what the merge still holds is released.
-            high.clear()
-            processor.refresh(0.0)
-            processor.run(0.0)
-            if processor.merger.buffered:
-                raise KafkaFailure(
-                    f"{processor.merger.buffered} records were read but not released "
-                    f"(waiting for {processor.merger.blocking})"
-                )
-            if feed.latest is not None:
-                processor.advance_all(feed.latest)
+            if finish:
+                # Every partition is at its end: what the merge still holds is released.
+                high.clear()
+                processor.refresh(0.0)
+                processor.run(0.0)
+                if processor.merger.buffered:
+                    raise KafkaFailure(
+                        f"{processor.merger.buffered} records were read but not released "
+                        f"(waiting for {processor.merger.blocking})"
+                    )
+                if feed.latest is not None:
+                    processor.advance_all(feed.latest)
         finally:
             if was_enabled:
                 gc.enable()
@@ -811,8 +800,8 @@ class Control:
 
 def handover_command(args: argparse.Namespace, settings: Settings, rules_path: str) -> int:
     """``scorestream rescore`` without ``--dry-run``: rebuild, then hand over."""
-    rules = load_rules_or_usage(rules_path)
-    text = Path(rules_path).read_bytes().decode("utf-8")
+    # The plan as the hand-over record carries it: its bytes, version and file name.
+    plan, rules = make_plan(rules_path, 0, 0)
     engine = Engine(rules)
     if args.lead < 0 or args.grace < 0 or args.wait <= 0:
         raise UsageError("--in and --grace must be >= 0, --wait > 0")
@@ -837,7 +826,7 @@ def handover_command(args: argparse.Namespace, settings: Settings, rules_path: s
         )
         now = int(time.time() * US_PER_SECOND)
         at = now + int(args.lead * US_PER_SECOND)
-        handover = Handover(now, PENDING, at, rules.version, Path(rules_path).name, text, now)
+        handover = Handover(now, PENDING, at, plan.version, plan.source, plan.text, now)
         control.publish(handover)
         print(
             f"rescore {handover.id}: workers hold at {format_ts(at)}; reading live traffic "
