@@ -275,6 +275,23 @@ def make_plan(path: str, effective_at: int, published_at: int) -> tuple[Plan, Ru
     return plan, rules
 
 
+def deliver(
+    producer: Any, topic: str, key: bytes, value: bytes, timeout: float = 30.0
+) -> str | None:
+    """Produce one record of the plan topic and wait for Kafka's acknowledgement;
+    the reason it failed, or None."""
+    failures: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    producer.produce(topic, value, key, on_delivery=delivered)
+    if producer.flush(timeout) or failures:
+        return failures[0] if failures else f"no acknowledgement in {timeout:.0f} s"
+    return None
+
+
 def publish_main(args: argparse.Namespace) -> int:
     """``scorestream rules publish PATH [--at T | --in SECONDS]``."""
     from confluent_kafka import Producer  # noqa: PLC0415 (the offline commands need no Kafka)
@@ -295,16 +312,8 @@ def publish_main(args: argparse.Namespace) -> int:
     plan, rules = make_plan(args.path, effective_at, now)
     topic = settings.topic(RULES_TOPIC)
     producer = Producer(clients.output_producer(settings))
-    failures: list[str] = []
-
-    def delivered(err: Any, msg: Any) -> None:
-        if err is not None:
-            failures.append(str(err))
-
-    producer.produce(topic, plan.encode(), plan.key, on_delivery=delivered)
-    left = producer.flush(30)
-    if left or failures:
-        reason = failures[0] if failures else "no acknowledgement in 30 s"
+    reason = deliver(producer, topic, plan.key, plan.encode())
+    if reason is not None:
         print(f"scorestream: publishing to {topic} failed: {reason}", flush=True)
         return EXIT_FAILURE
     models = ", ".join(m.name for m in rules.models)

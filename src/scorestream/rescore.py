@@ -53,7 +53,16 @@ from scorestream.pipeline.processor import Settings as ProcessorSettings
 from scorestream.pipeline.records import MIN_TS
 from scorestream.pipeline.routing import INPUT_TOPICS, RESCORE_STATES, SCORES
 from scorestream.pipeline.store import ScratchStore, encode_value
-from scorestream.plans import ABORTED, DONE, PENDING, READY, RULES_TOPIC, Handover, make_plan
+from scorestream.plans import (
+    ABORTED,
+    DONE,
+    PENDING,
+    READY,
+    RULES_TOPIC,
+    Handover,
+    deliver,
+    make_plan,
+)
 from scorestream.settings import Settings
 
 #: messages asked for per ``consume`` call: large, so per-call costs vanish
@@ -782,15 +791,8 @@ class Control:
 
     def publish(self, handover: Handover) -> None:
         """Write a control record and wait for Kafka's acknowledgement."""
-        failures: list[str] = []
-
-        def delivered(err: Any, msg: Any) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        self.producer.produce(self.topic, handover.encode(), handover.key, on_delivery=delivered)
-        if self.producer.flush(30) or failures:
-            reason = failures[0] if failures else "no acknowledgement in 30 s"
+        reason = deliver(self.producer, self.topic, handover.key, handover.encode())
+        if reason is not None:
             raise KafkaFailure(f"publishing to {self.topic}: {reason}")
 
     def close(self) -> None:
