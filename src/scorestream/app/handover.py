@@ -311,9 +311,9 @@ class HandoverAgent:
 
     def reported(self, reports: list[Swapped]) -> Handover | None:
         """Workers' reports read from the plan topic. Once every partition has reported
-        the open hand-over, close it (``done``) on the topic: the rescore does too, but it
-        may have stopped waiting, and an open hand-over makes every rebalance read its
-        partitions again from the cut. Returns the record written, if any."""
+        the open hand-over, close it (``done``) on the topic and here: the rescore does
+        too, but it may have stopped waiting, and an open hand-over makes every rebalance
+        read its partitions again from the cut. Returns the record written, if any."""
         for report in reports:
             self._reported.setdefault(report.id, set()).add(report.partition)
         current = self.current
@@ -325,6 +325,8 @@ class HandoverAgent:
         self.outputs.produce(self.topology.real(RULES_TOPIC), done.key, done.encode())
         self.outputs.poll()
         log.info("rescore %d: every partition took the states; closing it", current.id)
+        assert self.engine is not None  # set with current
+        self.take(done, self.engine)
         return done
 
     def status(self) -> dict[str, Any] | None:

@@ -276,10 +276,7 @@ class Runtime:
         handovers, reports = self.plans.take_control()
         for handover, engine in handovers:
             self.handover.take(handover, engine)
-        agent = self.handover
-        done = agent.reported(reports)
-        if done is not None and agent.engine is not None:
-            agent.take(done, agent.engine)
+        self.handover.reported(reports)
         self._note_switches()
 
     async def install_rescore(self) -> None:
