@@ -107,10 +107,7 @@ def test_after_the_hand_over_the_worker_ends_as_score_does_under_the_new_plan(
 
     cluster = Cluster()
     cluster.publish(history)
-    worker = Member(cluster, Engine(OLD), range(N))
-    if held:
-        worker.proc.hold(at)
-    run_members([worker], random.Random(seed))
+    worker = old_worker(cluster, at, held, seed)
     # Live traffic arrives while the rescore runs (the worker reads it too).
     cluster.publish(live)
     run_members([worker], random.Random(seed + 100))
@@ -156,11 +153,16 @@ def scored(
     assert run.at is not None
     cluster = Cluster()
     cluster.publish(raws)
+    return at, run, cluster, old_worker(cluster, at, held, seed)
+
+
+def old_worker(cluster: Cluster, at: int, held: bool, seed: int) -> Member:
+    """A worker that scored what the cluster holds under the old plan (held at ``at``)."""
     worker = Member(cluster, Engine(OLD), range(N))
     if held:
         worker.proc.hold(at)
     run_members([worker], random.Random(seed))
-    return at, run, cluster, worker
+    return worker
 
 
 def test_a_second_install_of_the_same_generation_keeps_what_came_after_it() -> None:
