@@ -340,11 +340,13 @@ def test_across_workers_only_contacts_with_cookie_events_after_identify_may_diff
 
 def test_a_hand_over_from_another_worker_is_awaited_before_later_events() -> None:
     anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
+    other = next(f"o-{i}" for i in range(1000) if partition_for(f"o-{i}", N) in {3, 4, 5})
     raws = [
         ev(1, "page_view", 0, anonymous_id=anon, props={"url": "/pricing"}),
         ev(2, "page_view", 1, anonymous_id=anon, props={"url": "/pricing/team"}),
         ev(3, "identify", 2, contact_id=contact, anonymous_id=anon),
         ev(4, "form_submit", 3, contact_id=contact, props={"form_id": "contact"}),
+        ev(5, "form_submit", 4, contact_id=other, props={"form_id": "contact"}),
     ]
     cluster = Cluster()
     cluster.publish(raws)
@@ -353,15 +355,20 @@ def test_a_hand_over_from_another_worker_is_awaited_before_later_events() -> Non
     rng = random.Random(0)
     for _ in range(200):
         contacts.step(rng)
-    # The contact's worker sent the request and waits: the form is not applied.
+    # The contact's worker sent the request and waits: the contact's form is parked,
+    # while another contact's later form is applied (only the identified contact waits).
     rep = cluster.logs[(REPARTITION, partition_for(anon, N))]
     assert [decode_envelope(v).kind for v in rep if v] == [REQUEST]
-    assert contacts.proc.merger.expected == 1
-    state = contacts.proc.lookup(contact)
+    proc = contacts.proc
+    assert proc.merger.expected == 1 and proc.awaiting == 1 and proc.parked == 1
+    state = proc.lookup(contact)
     assert state is not None and state.clock is not None
-    assert contacts.proc.engine.scores(state, state.clock)["engagement"] == 0.0
+    assert proc.engine.scores(state, state.clock)["engagement"] == 0.0
+    applied = proc.lookup(other)
+    assert applied is not None and applied.clock is not None
+    assert proc.engine.scores(applied, applied.clock)["engagement"] > 0.0
     run_members([anons, contacts], rng)
-    assert contacts.proc.merger.expected == 0
+    assert proc.merger.expected == 0 and proc.awaiting == 0 and proc.parked == 0
     run = offline(raws)
     assert scores([contacts], run) == expected_scores(run)
     assert finish([contacts, anons], run.at or 0) == {
@@ -369,7 +376,8 @@ def test_a_hand_over_from_another_worker_is_awaited_before_later_events() -> Non
     }
 
 
-def test_a_hand_over_that_never_comes_is_given_up_after_the_wait() -> None:
+def _awaiting_member(wait: float = 30.0) -> tuple[Member, Cluster, str, str]:
+    """A worker that applied an identify and awaits its hand-over (nobody answers)."""
     anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
     cluster = Cluster()
     cluster.publish(
@@ -378,18 +386,83 @@ def test_a_hand_over_that_never_comes_is_given_up_after_the_wait() -> None:
             ev(2, "form_submit", 1, contact_id=contact, props={"form_id": "contact"}),
         ]
     )
-    member = Member(cluster, Engine(PARITY), [3, 4, 5], settings=Settings(identify_wait=5.0))
+    member = Member(cluster, Engine(PARITY), [3, 4, 5], settings=Settings(identify_wait=wait))
     proc = member.proc
     p = partition_for(contact, N)
     proc.refresh(1.0)
     proc.receive("contacts.profile", p, 0, cluster.logs[("contacts.profile", p)][0], 1.0)
     proc.receive("events.form", p, 0, cluster.logs[("events.form", p)][0], 1.0)
-    assert proc.run(1.0) == 1  # the identify; the form waits for the hand-over
+    return member, cluster, anon, contact
+
+
+def _engagement(member: Member, contact: str) -> float:
+    state = member.proc.lookup(contact)
+    assert state is not None and state.clock is not None
+    return float(member.proc.engine.scores(state, state.clock)["engagement"])
+
+
+def test_a_hand_over_that_never_comes_is_given_up_after_the_wait() -> None:
+    member, _, _, contact = _awaiting_member(wait=5.0)
+    proc = member.proc
+    assert proc.run(1.0) == 2  # the identify, and the form, which is parked
+    assert proc.parked == 1 and _engagement(member, contact) == 0.0
     proc.refresh(5.9)
-    assert proc.run(5.9) == 0
+    proc.run(5.9)
+    assert proc.parked == 1 and _engagement(member, contact) == 0.0
     proc.refresh(6.1)
-    assert proc.run(6.1) == 1
+    proc.run(6.1)
+    assert proc.parked == 0 and proc.awaiting == 0
+    assert _engagement(member, contact) > 0.0
     assert proc.merger.expect_timeouts == 1
+
+
+def test_parked_records_and_the_awaited_identify_hold_the_commit() -> None:
+    member, _, _, contact = _awaiting_member()
+    proc = member.proc
+    p = partition_for(contact, N)
+    assert proc.run(1.0) == 2
+    # Both were released, but the identify's answer and the parked form are in memory
+    # only: a restart must read both again (and ask again), so neither is committed.
+    offsets = proc.commit_offsets()[p]
+    assert offsets["contacts.profile"] == 0
+    assert offsets["events.form"] == 0
+    assert proc.parked == 1
+
+
+def test_revoking_the_partition_drops_what_waited_in_it() -> None:
+    member, _, _, contact = _awaiting_member()
+    proc = member.proc
+    assert proc.run(1.0) == 2
+    proc.revoke([partition_for(contact, N)])
+    assert proc.awaiting == 0 and proc.parked == 0
+    assert proc.merger.expected == 0
+
+
+def test_a_plan_switch_waits_for_the_hand_overs_before_it() -> None:
+    anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
+    other = next(f"o-{i}" for i in range(1000) if partition_for(f"o-{i}", N) in {3, 4, 5})
+    raws = [
+        ev(1, "identify", 0, contact_id=contact, anonymous_id=anon),
+        ev(2, "form_submit", 1, contact_id=contact, props={"form_id": "contact"}),
+        ev(3, "form_submit", 2, contact_id=other, props={"form_id": "contact"}),
+        ev(4, "form_submit", 10, contact_id=other, props={"form_id": "contact"}),
+    ]
+    cluster = Cluster()
+    cluster.publish(raws)
+    member = Member(cluster, Engine(PARITY), [3, 4, 5])
+    proc = member.proc
+    proc.schedule_plan(T0 + 5 * 60 * US_PER_SECOND, Engine(B2B))
+    proc.refresh(1.0)
+    for topic in ("contacts.profile", "events.form"):
+        for p in (3, 4, 5):
+            for offset, value in enumerate(cluster.logs.get((topic, p), [])):
+                proc.receive(topic, p, offset, value, 1.0)
+    proc.refresh(1.0)
+    # The identify, the contact's form (parked) and the other contact's form at minute 2
+    # are released; the form at minute 10 comes after the switch at minute 5: it waits.
+    assert proc.run(1.0) == 3
+    assert proc.merger.buffered == 1 and proc.parked == 1
+    assert proc.engine.rules.version == PARITY.version
 
 
 # ------------------------------------------------------------------ exactly once

@@ -409,6 +409,8 @@ class Runtime:
                     for s in merger.blocking
                 ],
                 "handovers_awaited": merger.expected,
+                "contacts_awaiting": proc.awaiting,
+                "records_parked": proc.parked,
             },
             "rules_version": proc.engine.rules.version,
             "rescore": self.handover.status(),

@@ -15,8 +15,11 @@ This is the same idea, over every partition a worker owns at once:
   input queue that is empty while Kafka still holds unread records for it (its
   high-water mark is beyond what was received), a repartition partition with unread
   records, or, with ``idle`` > 0, an input that emptied less than ``idle`` seconds ago;
-* nothing beyond the key of an **expected** record (an identity hand-over awaited from a
-  partition on another worker) is released until it arrives or ``expect_wait`` passes.
+* records awaited from a partition on another worker (identity hand-overs) are
+  **expected**: the processor holds back only the identified contact's later records
+  until the answer comes (or ``expect_wait`` passes); the release as a whole waits for
+  them only at a **barrier** (a plan switch: no record at or past it is released while a
+  hand-over before it is still on its way).
 
 Records with the smallest key are released first across all partitions; a record that
 arrives after larger keys were released (it was not in Kafka yet) is applied when it
@@ -157,6 +160,9 @@ class Merger:
         self.rereads: list[Source] = []
         #: nothing at or beyond this key is released (a rescore hand-over; None: no hold)
         self.hold: Key | None = None
+        #: nothing at or beyond this key is released while an expected record is
+        #: awaited (a plan switch; None: expected records never hold the release)
+        self.barrier: Key | None = None
 
     # ------------------------------------------------------------------ topology
 
@@ -303,7 +309,7 @@ class Merger:
                 self._check(emptied, now)
             self._unchecked.clear()
         key, _, queue, _ = heap[0]
-        if self._blocking or (self._expected_min is not None and key > self._expected_min):
+        if self._blocking or self._at_barrier(key):
             self._waiting(True, now)
             return None
         hold = self.hold
@@ -323,6 +329,13 @@ class Merger:
             if source is not None:
                 self._emptied(source, now)
         return record
+
+    def _at_barrier(self, key: Key) -> bool:
+        expected = self._expected_min
+        if expected is None or key <= expected:
+            return False
+        barrier = self.barrier
+        return barrier is not None and key >= barrier
 
     def head(self) -> Key | None:
         """The key that would be released next (ignoring the gate)."""
@@ -448,7 +461,8 @@ class Merger:
     # ------------------------------------------------------------------ expected records
 
     def expect(self, token: str, key: Key, now: float) -> None:
-        """Do not release beyond ``key`` until :meth:`fulfil` (or ``expect_wait`` passes)."""
+        """A record with ``key`` is awaited until :meth:`fulfil` (or ``expect_wait`` passes):
+        nothing past the :attr:`barrier` is released, and the watermark stays before it."""
         self._expected[token] = Expected(key, token, now + self.expect_wait)
         if self._expected_min is None or key < self._expected_min:
             self._expected_min = key

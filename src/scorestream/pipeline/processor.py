@@ -11,7 +11,10 @@ tie rank, then origin position) across every partition the processor owns. Work 
 crosses partitions — an ``identify`` asks the anonymous id's partition for its state,
 which answers with it; events of an identified or misrouted id go to their contact — is
 a record too: delivered in memory to a partition the processor owns, or through the
-repartition topic to one it does not, and released at its own merge key.
+repartition topic to one it does not, and released at its own merge key. While a
+hand-over is awaited from another worker, only the identified contact waits: its later
+records are **parked** and applied, in order, when the answer is (the rest of the
+stream goes on); the release as a whole waits only at a plan switch.
 
 **Exactly-once state.** A contact state remembers, per stream of records, the last
 position it applied (``ContactState.marks``); a record at or below that position is a
@@ -95,6 +98,19 @@ class Partition:
 
 
 @dataclass(slots=True)
+class Awaited:
+    """An identity hand-over a contact waits for (its answer comes from another worker)."""
+
+    token: str
+    #: the answer's merge key: the contact's records past it wait until it is applied
+    key: Key
+    deadline: float
+    #: the identify's origin: not committed past while the answer is awaited, so that
+    #: a restart asks again (and waits again) instead of applying what follows first
+    anchor: tuple[int, str, int] | None
+
+
+@dataclass(slots=True)
 class Settings:
     """The processor's knobs (see the README's settings table)."""
 
@@ -161,6 +177,12 @@ class Processor:
         self.switches: list[tuple[str, int, bool]] = []
         #: effective time of the plan in effect (MIN_TS: the worker's own file)
         self._engine_at = MIN_TS
+        #: contact -> hand-overs it awaits from other workers (smallest answer key first)
+        self._awaiting: dict[str, list[Awaited]] = {}
+        #: contact -> its records released past an awaited answer, in release order
+        self._parked: dict[str, list[Record]] = {}
+        #: records parked now
+        self.parked = 0
 
     # ------------------------------------------------------------------ plans
 
@@ -177,6 +199,7 @@ class Processor:
             return
         self._plans.append((effective_at, engine))
         self._plans.sort(key=lambda p: p[0])
+        self._set_barrier()
         if self.newest is not None and self.newest >= effective_at:
             self._switch(self.newest, late=True)
 
@@ -196,6 +219,7 @@ class Processor:
         at = 0
         while plans and plans[0][0] <= t:
             at, engine = plans.pop(0)
+        self._set_barrier()
         if engine is None or engine.rules.version == self.engine.rules.version:
             return
         # States computed under the old plan catch up when next touched (Engine._sync_rules);
@@ -208,12 +232,19 @@ class Processor:
         """A rescore's plan, which scores the whole history: plans scheduled for before
         ``at`` are superseded by it, later ones still take effect at their time."""
         self._plans = [(t, e) for t, e in self._plans if t > at]
+        self._set_barrier()
         if self._engine_at > at:
             return  # a plan published for after the hand-over is already in effect
         self._engine_at = at
         if engine.rules.version != self.engine.rules.version:
             self.engine = engine
             self.switches.append((engine.rules.version, at, False))
+
+    def _set_barrier(self) -> None:
+        # A contact's parked records are applied with the engine in effect when their
+        # answer comes: no plan may take effect while a hand-over before it is awaited.
+        plans = self._plans
+        self.merger.barrier = (plans[0][0], -1, -1, -1, -1) if plans else None
 
     # ------------------------------------------------------------------ rescore hand-over
 
@@ -264,6 +295,8 @@ class Processor:
         part = self.parts[number]
         store = part.store
         engine = self.engine
+        # What waited for a hand-over in this partition is in the rebuild or read again.
+        self._forget({number})
         replaced: list[tuple[ContactState | None, ContactState]] = []
         seen: set[str] = set()
         for state in states:
@@ -326,6 +359,7 @@ class Processor:
         new owner's replay, since their offsets were not committed.
         """
         going = set(numbers)
+        self._forget(going)
         for number in going:
             if self.parts.pop(number, None) is None:
                 continue
@@ -333,6 +367,22 @@ class Processor:
                 if record.topic or record.sender in going or record.sender not in self.parts:
                     continue
                 self.emit.repartition(number, record.to, encode_envelope(record))
+
+    def _forget(self, numbers: set[int]) -> None:
+        """Drop the hand-overs awaited and records parked in these partitions (their
+        offsets were not committed past them: a replay re-creates them)."""
+        n = self.n
+        for key in [k for k in self._awaiting if partition_for(k, n) in numbers]:
+            for waited in self._awaiting.pop(key):
+                self.merger.fulfil(waited.token)
+        for key in list(self._parked):
+            records = self._parked[key]
+            kept = [r for r in records if r.part not in numbers]
+            self.parked -= len(records) - len(kept)
+            if kept:
+                self._parked[key] = kept
+            else:
+                del self._parked[key]
 
     # ------------------------------------------------------------------ input
 
@@ -449,6 +499,8 @@ class Processor:
     def run(self, now: float, limit: int = 0) -> int:
         """Apply what the merge releases (at most ``limit`` records if > 0); return how many."""
         merger = self.merger
+        if self._awaiting:
+            self._expire(now)
         if not merger.buffered:
             return 0
         pop = merger.pop
@@ -473,12 +525,62 @@ class Processor:
     def _apply(self, record: Record, now: float) -> None:
         if self._plans and record.key[0] >= self._plans[0][0]:
             self._switch(record.key[0], late=False)
-        kind = record.kind
-        part = self.parts[record.part]
         topic = record.topic
         if topic and topic != REPARTITION:
             # An input message: released in offset order, so this is the next offset.
-            part.released[topic] = record.offset + 1
+            self.parts[record.part].released[topic] = record.offset + 1
+        if self._awaiting:
+            self._route(record, now)
+        else:
+            self._dispatch(record, now)
+
+    def _route(self, record: Record, now: float) -> None:
+        """Apply a record, or park it if its state awaits a hand-over before it."""
+        kind = record.kind
+        if kind != INVALID:
+            target = record.anon if kind == REQUEST else record.to
+            waits = self._awaiting.get(target)
+            if waits is not None and record.key > waits[0].key:
+                parked = self._parked.get(target)
+                if parked is None:
+                    self._parked[target] = [record]
+                else:
+                    parked.append(record)
+                self.parked += 1
+                return
+        self._dispatch(record, now)
+        if kind == STATE and self._awaiting:
+            self._answered(record.to, _token(record.merge_id, record.to), now)
+
+    def _answered(self, target: str, token: str, now: float) -> None:
+        """A hand-over ``target`` awaited was applied (or given up): go on with its records."""
+        waits = self._awaiting.get(target)
+        if waits is None:
+            return
+        left = [w for w in waits if w.token != token]
+        if len(left) == len(waits):
+            return
+        if left:
+            self._awaiting[target] = left
+        else:
+            del self._awaiting[target]
+        records = self._parked.pop(target, None)
+        if records is None:
+            return
+        self.parked -= len(records)
+        for record in records:  # in release order; each may be parked again
+            self._route(record, now)
+
+    def _expire(self, now: float) -> None:
+        """Give up hand-overs awaited for ``identify_wait``: apply what waited for them."""
+        for target, waits in list(self._awaiting.items()):
+            for waited in waits:
+                if waited.deadline <= now:
+                    self._answered(target, waited.token, now)
+
+    def _dispatch(self, record: Record, now: float) -> None:
+        kind = record.kind
+        part = self.parts[record.part]
         try:
             if kind == EVENT:
                 outcome = self._event(part, record, now)
@@ -653,8 +755,17 @@ class Processor:
             return
         self.emit.repartition(dest, _routing_key(record), encode_envelope(record))
         if record.kind == REQUEST and expect:
-            # Its answer comes back through Kafka: apply nothing beyond its key until then.
-            self.merger.expect(_token(record.merge_id, record.to), _next_hop(record.key), now)
+            # Its answer comes back through Kafka: the contact's records past its key wait.
+            token = _token(record.merge_id, record.to)
+            key = _next_hop(record.key)
+            self.merger.expect(token, key, now)
+            waited = Awaited(token, key, now + self.settings.identify_wait, record.anchor)
+            waits = self._awaiting.get(record.to)
+            if waits is None:
+                self._awaiting[record.to] = [waited]
+            elif all(w.token != token for w in waits):
+                waits.append(waited)
+                waits.sort(key=_awaited_key)
 
     # ------------------------------------------------------------------ time
 
@@ -798,16 +909,26 @@ class Processor:
             rep = merger.sources.get((self.real(REPARTITION), number))
             offsets[REPARTITION] = rep.received if rep is not None else 0
             out[number] = offsets
+        anchors: list[tuple[int, str, int] | None] = []
         for queue in merger.peers.values():
-            for record in queue.items:
-                anchor = record.anchor
-                if anchor is None:
-                    continue
-                number, topic, offset = anchor
-                held = out.get(number)
-                if held is not None and offset < held.get(topic, offset + 1):
-                    held[topic] = offset
+            anchors.extend(record.anchor for record in queue.items)
+        for records in self._parked.values():
+            anchors.extend(record.anchor for record in records)
+        for waits in self._awaiting.values():
+            anchors.extend(waited.anchor for waited in waits)
+        for anchor in anchors:
+            if anchor is None:
+                continue
+            number, topic, offset = anchor
+            held = out.get(number)
+            if held is not None and offset < held.get(topic, offset + 1):
+                held[topic] = offset
         return out
+
+    @property
+    def awaiting(self) -> int:
+        """Contacts waiting for a hand-over from another worker."""
+        return len(self._awaiting)
 
     def score_record(self, state: ContactState) -> dict[str, Any]:
         """The ``contacts.scores`` message of a contact (scores at its own clock)."""
@@ -895,6 +1016,10 @@ def _next_hop(key: Key) -> Key:
     return (key[0], key[1], key[2], key[3], key[4] + 1)
 
 
+def _awaited_key(waited: Awaited) -> Key:
+    return waited.key
+
+
 def _token(merge_id: str, contact: str) -> str:
     return f"{merge_id}\x00{contact}"
 
@@ -956,6 +1081,7 @@ def _states(store: StateStore) -> Iterator[ContactState]:
 
 __all__ = [
     "GENERATION_MARK",
+    "Awaited",
     "Emitter",
     "Partition",
     "Processor",
