@@ -250,9 +250,21 @@ class Runtime:
                 source.received,
             )
             self.metrics.merge_rereads.inc()
-            consumer: Any = self.app.consumer
-            await consumer.seek(TP(source.topic, source.partition), source.received)
+            await self._seek(TP(source.topic, source.partition), source.received)
         self.outputs.poll()
+
+    async def _seek(self, tp: TP, offset: int) -> None:
+        """Read ``tp`` again from ``offset``, in the consumer's own thread.
+
+        Faust's ``Consumer.seek`` calls aiokafka's ``seek`` from the calling thread while
+        aiokafka's fetcher may be handing out records in the consumer thread; the two
+        raced once in a benchmark (``KeyError`` in ``Fetcher.fetched_records``, which
+        crashed the worker). Run in that thread, the seek happens between fetches.
+        """
+        consumer: Any = self.app.consumer
+        thread = consumer._thread
+        await thread.call_thread(thread.seek, tp, offset)
+        consumer._read_offset[tp] = offset if offset else None
 
     def _pause(self, tp: TP) -> None:
         if tp not in self._paused:
