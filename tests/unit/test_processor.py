@@ -593,3 +593,34 @@ def test_a_quiet_backlog_stays_at_its_newest_event_and_a_live_one_follows_the_cl
     run_members([live], random.Random(0))
     wm = live.proc.advance_watermark(live.now + 3.0)
     assert wm == int((live.now + 3.0) * US_PER_SECOND) - 5 * US_PER_SECOND
+
+
+def test_a_late_record_behind_a_parked_one_in_its_queue_waits_too() -> None:
+    # The contact's page view at minute 3 is parked (it comes after the identify); the
+    # one at minute 1 was published after it in the same topic-partition, so the whole
+    # stream has it after the minute-3 one, hence after the hand-over too. It must wait
+    # as well, although its own time is before the identify.
+    anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
+    raws = [
+        ev(1, "page_view", 0, anonymous_id=anon, props={"url": "/pricing"}),
+        ev(2, "form_submit", 0.5, anonymous_id=anon, props={"form_id": "contact"}),
+        ev(3, "identify", 2, contact_id=contact, anonymous_id=anon),
+        ev(4, "page_view", 3, contact_id=contact, props={"url": "/pricing"}),
+        ev(5, "page_view", 1, contact_id=contact, props={"url": "/pricing/team"}),
+        ev(6, "page_view", 1.5, contact_id=contact, props={"url": "/pricing"}),
+    ]
+    run = offline(raws)
+    cluster = Cluster()
+    cluster.publish(raws)
+    contacts = Member(cluster, Engine(PARITY), [3, 4, 5])
+    anons = Member(cluster, Engine(PARITY), [0, 1, 2])
+    rng = random.Random(3)
+    for _ in range(200):
+        contacts.step(rng)
+    assert contacts.proc.awaiting == 1 and contacts.proc.parked == 3
+    run_members([anons, contacts], rng)
+    assert contacts.proc.parked == 0
+    assert scores([contacts], run) == expected_scores(run)
+    assert finish([contacts, anons], run.at or 0) == {
+        c.crossing_id: c.to_dict() for c in run.crossings
+    }

@@ -51,12 +51,14 @@ STALL_SECONDS = 2.0
 class Queue:
     """One merge input: records in arrival (= Kafka, or sender release) order."""
 
-    __slots__ = ("items", "label", "partition", "source")
+    __slots__ = ("items", "label", "partition", "source", "top")
 
     def __init__(self, partition: int, label: str, source: Source | None) -> None:
         self.items: deque[Record] = deque()
         self.partition = partition
         self.label = label
+        #: the largest key released from this queue so far
+        self.top: Key = _CLOSED
         #: the consumed topic-partition feeding this queue alone (None: peer queue)
         self.source = source
 
@@ -163,6 +165,12 @@ class Merger:
         #: nothing at or beyond this key is released while an expected record is
         #: awaited (a plan switch; None: expected records never hold the release)
         self.barrier: Key | None = None
+        #: for the record :meth:`pop` returned last, the largest key released so far
+        #: from its input queue, its own included (its own key for a peer queue): an
+        #: input queue is FIFO, so the record comes after all of these in the order of
+        #: the whole stream; a contact awaiting a hand-over compares it with the
+        #: answer's key (see ``Processor``)
+        self.last: Key = _CLOSED
 
     # ------------------------------------------------------------------ topology
 
@@ -319,6 +327,13 @@ class Merger:
             self._waiting(False, now)
         record = items.popleft()
         self.buffered -= 1
+        key = record.key
+        if queue.source is None or key > queue.top:
+            # Peer queues are kept in key order (insert), not in arrival order.
+            queue.top = key
+            self.last = key
+        else:
+            self.last = queue.top
         if items:
             self._seq += 1
             head = items[0]
@@ -417,9 +432,11 @@ class Merger:
         follows the point the rebuild stopped at.
         """
         queue = source.queue
-        if queue is not None and queue.items:
-            self.buffered -= len(queue.items)
-            queue.items.clear()  # its heap entry is stale from now on (pop skips it)
+        if queue is not None:
+            queue.top = _CLOSED
+            if queue.items:
+                self.buffered -= len(queue.items)
+                queue.items.clear()  # its heap entry is stale from now on (pop skips it)
         source.received = offset
         source.gap_at = -1
         source.reread_at = -1

@@ -179,8 +179,9 @@ class Processor:
         self._engine_at = MIN_TS
         #: contact -> hand-overs it awaits from other workers (smallest answer key first)
         self._awaiting: dict[str, list[Awaited]] = {}
-        #: contact -> its records released past an awaited answer, in release order
-        self._parked: dict[str, list[Record]] = {}
+        #: contact -> its records released past an awaited answer, in release order, each
+        #: with the key it comes after (``Merger.last`` when it was released)
+        self._parked: dict[str, list[tuple[Record, Key]]] = {}
         #: records parked now
         self.parked = 0
 
@@ -377,7 +378,7 @@ class Processor:
                 self.merger.fulfil(waited.token)
         for key in list(self._parked):
             records = self._parked[key]
-            kept = [r for r in records if r.part not in numbers]
+            kept = [(r, after) for r, after in records if r.part not in numbers]
             self.parked -= len(records) - len(kept)
             if kept:
                 self._parked[key] = kept
@@ -530,22 +531,28 @@ class Processor:
             # An input message: released in offset order, so this is the next offset.
             self.parts[record.part].released[topic] = record.offset + 1
         if self._awaiting:
-            self._route(record, now)
+            self._route(record, self.merger.last, now)
         else:
             self._dispatch(record, now)
 
-    def _route(self, record: Record, now: float) -> None:
-        """Apply a record, or park it if its state awaits a hand-over before it."""
+    def _route(self, record: Record, after: Key, now: float) -> None:
+        """Apply a record, or park it if its state awaits a hand-over it comes after.
+
+        ``after`` is the largest key released from the record's queue up to it: with
+        the answer there, the merge would have released the answer first if that key
+        is beyond the answer's (a late record behind a later one in its queue comes
+        after that one, so after the answer too).
+        """
         kind = record.kind
         if kind != INVALID:
             target = record.anon if kind == REQUEST else record.to
             waits = self._awaiting.get(target)
-            if waits is not None and record.key > waits[0].key:
+            if waits is not None and after > waits[0].key:
                 parked = self._parked.get(target)
                 if parked is None:
-                    self._parked[target] = [record]
+                    self._parked[target] = [(record, after)]
                 else:
-                    parked.append(record)
+                    parked.append((record, after))
                 self.parked += 1
                 return
         self._dispatch(record, now)
@@ -568,8 +575,8 @@ class Processor:
         if records is None:
             return
         self.parked -= len(records)
-        for record in records:  # in release order; each may be parked again
-            self._route(record, now)
+        for record, after in records:  # in release order; each may be parked again
+            self._route(record, after, now)
 
     def _expire(self, now: float) -> None:
         """Give up hand-overs awaited for ``identify_wait``: apply what waited for them."""
@@ -913,7 +920,7 @@ class Processor:
         for queue in merger.peers.values():
             anchors.extend(record.anchor for record in queue.items)
         for records in self._parked.values():
-            anchors.extend(record.anchor for record in records)
+            anchors.extend(record.anchor for record, _ in records)
         for waits in self._awaiting.values():
             anchors.extend(waited.anchor for waited in waits)
         for anchor in anchors:
