@@ -624,3 +624,43 @@ def test_a_late_record_behind_a_parked_one_in_its_queue_waits_too() -> None:
     assert finish([contacts, anons], run.at or 0) == {
         c.crossing_id: c.to_dict() for c in run.crossings
     }
+
+
+@pytest.mark.parametrize("seed", [41, 42, 43, 44])
+def test_two_workers_restarted_from_their_commits_still_agree_with_offline(seed: int) -> None:
+    # Workers die at random points (contacts parked, hand-overs awaited or half-way)
+    # and start again from what they committed, with the states they had: the result is
+    # still the offline one, every crossing id with one content.
+    raws = journeys(60, seed=seed, cookie_after_identify=0.0, identify_delay=(1, 5), late_share=0.0)
+    run = offline(raws)
+    assert run.at is not None
+    cluster = Cluster()
+    cluster.publish(raws)
+    splits = ([0, 1, 2], [3, 4, 5])
+    members = [Member(cluster, Engine(PARITY), parts) for parts in splits]
+    retired: list[Member] = []
+    rng = random.Random(seed)
+    restarts = parked_at_restart = 0
+    for _ in range(200_000):
+        i = rng.randrange(2)
+        member = members[i]
+        if rng.random() < 0.03:
+            restarts += 1
+            parked_at_restart += member.proc.parked
+            members[i] = Member(
+                cluster,
+                Engine(PARITY),
+                splits[i],
+                committed=member.proc.commit_offsets(),
+                stores=member.stores,
+            )
+            members[i].now = member.now
+            retired.append(member)
+            continue
+        member.step(rng)
+        if not any(m.pending() for m in members) and all(m.proc.awaiting == 0 for m in members):
+            break
+    run_members(members, rng)
+    assert restarts > 5 and parked_at_restart > 0
+    assert finish(retired + members, run.at) == {c.crossing_id: c.to_dict() for c in run.crossings}
+    assert scores(members, run) == expected_scores(run)
