@@ -338,6 +338,30 @@ def test_across_workers_only_contacts_with_cookie_events_after_identify_may_diff
     assert {k for k in want if got.get(k) != want[k]} <= racy
 
 
+class Split:
+    """Contacts on one worker (partitions 3-5), anonymous ids on another (0-2); the
+    contacts' worker reads alone first, so its hand-over requests go unanswered."""
+
+    def __init__(self, raws: list[dict[str, Any]], seed: int) -> None:
+        self.raws = raws
+        self.cluster = Cluster()
+        self.cluster.publish(raws)
+        self.contacts = Member(self.cluster, Engine(PARITY), [3, 4, 5])
+        self.anons = Member(self.cluster, Engine(PARITY), [0, 1, 2])
+        self.rng = random.Random(seed)
+        for _ in range(200):
+            self.contacts.step(self.rng)
+
+    def finish_as_offline(self) -> None:
+        """Both read to the end; the result is the offline one."""
+        run_members([self.anons, self.contacts], self.rng)
+        run = offline(self.raws)
+        assert scores([self.contacts], run) == expected_scores(run)
+        assert finish([self.contacts, self.anons], run.at or 0) == {
+            c.crossing_id: c.to_dict() for c in run.crossings
+        }
+
+
 def test_a_hand_over_from_another_worker_is_awaited_before_later_events() -> None:
     anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
     other = next(f"o-{i}" for i in range(1000) if partition_for(f"o-{i}", N) in {3, 4, 5})
@@ -348,18 +372,12 @@ def test_a_hand_over_from_another_worker_is_awaited_before_later_events() -> Non
         ev(4, "form_submit", 3, contact_id=contact, props={"form_id": "contact"}),
         ev(5, "form_submit", 4, contact_id=other, props={"form_id": "contact"}),
     ]
-    cluster = Cluster()
-    cluster.publish(raws)
-    contacts = Member(cluster, Engine(PARITY), [3, 4, 5])
-    anons = Member(cluster, Engine(PARITY), [0, 1, 2])
-    rng = random.Random(0)
-    for _ in range(200):
-        contacts.step(rng)
+    split = Split(raws, seed=0)
     # The contact's worker sent the request and waits: the contact's form is parked,
     # while another contact's later form is applied (only the identified contact waits).
-    rep = cluster.logs[(REPARTITION, partition_for(anon, N))]
+    rep = split.cluster.logs[(REPARTITION, partition_for(anon, N))]
     assert [decode_envelope(v).kind for v in rep if v] == [REQUEST]
-    proc = contacts.proc
+    proc = split.contacts.proc
     assert proc.merger.expected == 1 and proc.awaiting == 1 and proc.parked == 1
     state = proc.lookup(contact)
     assert state is not None and state.clock is not None
@@ -367,13 +385,8 @@ def test_a_hand_over_from_another_worker_is_awaited_before_later_events() -> Non
     applied = proc.lookup(other)
     assert applied is not None and applied.clock is not None
     assert proc.engine.scores(applied, applied.clock)["engagement"] > 0.0
-    run_members([anons, contacts], rng)
+    split.finish_as_offline()
     assert proc.merger.expected == 0 and proc.awaiting == 0 and proc.parked == 0
-    run = offline(raws)
-    assert scores([contacts], run) == expected_scores(run)
-    assert finish([contacts, anons], run.at or 0) == {
-        c.crossing_id: c.to_dict() for c in run.crossings
-    }
 
 
 def _awaiting_member(wait: float = 30.0) -> tuple[Member, Cluster, str, str]:
@@ -609,21 +622,10 @@ def test_a_late_record_behind_a_parked_one_in_its_queue_waits_too() -> None:
         ev(5, "page_view", 1, contact_id=contact, props={"url": "/pricing/team"}),
         ev(6, "page_view", 1.5, contact_id=contact, props={"url": "/pricing"}),
     ]
-    run = offline(raws)
-    cluster = Cluster()
-    cluster.publish(raws)
-    contacts = Member(cluster, Engine(PARITY), [3, 4, 5])
-    anons = Member(cluster, Engine(PARITY), [0, 1, 2])
-    rng = random.Random(3)
-    for _ in range(200):
-        contacts.step(rng)
-    assert contacts.proc.awaiting == 1 and contacts.proc.parked == 3
-    run_members([anons, contacts], rng)
-    assert contacts.proc.parked == 0
-    assert scores([contacts], run) == expected_scores(run)
-    assert finish([contacts, anons], run.at or 0) == {
-        c.crossing_id: c.to_dict() for c in run.crossings
-    }
+    split = Split(raws, seed=3)
+    assert split.contacts.proc.awaiting == 1 and split.contacts.proc.parked == 3
+    split.finish_as_offline()
+    assert split.contacts.proc.parked == 0
 
 
 @pytest.mark.parametrize("seed", [41, 42, 43, 44])
