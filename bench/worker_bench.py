@@ -19,7 +19,9 @@ in the same run against:
 * and ``scorestream worker --processes 2`` against one process (more workers per host):
   from the start over the backlog (the second process's join and the rebalance
   included), and on a fresh backlog with the group settled (``--steady-events``; the
-  workers are frozen while it is produced, so the figure is the processing rate).
+  workers are frozen while it is produced, so the figure is the processing rate). For
+  that phase it also prints the cores used by the workers (the process and its
+  descendants), the broker and itself, and how busy the machine was (``/proc``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,79 @@ from scorestream.simulate import Traffic  # noqa: E402
 from scorestream.topics import apply, delete_prefixed, load_declarations  # noqa: E402
 
 PYTHON = sys.executable
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: str) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields after "pid (comm) "
+
+
+def cpu_of(root: int | None = None, cmdline: bytes = b"") -> float:
+    """CPU seconds (user + system) of a process and its descendants (the supervisor
+    starts its workers in sessions of their own), or of the processes whose command
+    line holds ``cmdline``."""
+    stats = {pid: f for pid in os.listdir("/proc") if pid.isdigit() and (f := _stat(pid))}
+    if root is not None:
+        children: dict[str, list[str]] = {}
+        for pid, fields in stats.items():
+            children.setdefault(fields[1], []).append(pid)  # ppid
+        chosen, todo = set(), [str(root)]
+        while todo:
+            pid = todo.pop()
+            if pid in stats and pid not in chosen:
+                chosen.add(pid)
+                todo.extend(children.get(pid, ()))
+    else:
+        chosen = set()
+        for pid in stats:
+            try:
+                if cmdline in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    chosen.add(pid)
+            except OSError:
+                continue
+    return sum(int(stats[p][11]) + int(stats[p][12]) for p in chosen) / TICK  # utime, stime
+
+
+def machine() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the machine since boot, summed over cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / TICK, sum(values) / TICK
+
+
+class CpuMeter:
+    """Cores used by the workers, the broker, this benchmark and the machine over a span."""
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid = pgid
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, ...]:
+        own = os.times()
+        busy, total = machine()
+        return (
+            time.monotonic(),
+            cpu_of(self.pgid),
+            cpu_of(cmdline=b"kafka.Kafka"),
+            own.user + own.system,
+            busy,
+            total,
+        )
+
+    def report(self) -> str:
+        end = self._sample()
+        wall, workers, broker, bench, busy, total = (
+            b - a for a, b in zip(self.start, end, strict=True)
+        )
+        cores = total / max(wall, 1e-9)
+        return (
+            f"workers {workers / wall:.2f} cores, broker {broker / wall:.2f}, "
+            f"benchmark {bench / wall:.2f}, machine {busy / wall:.2f} of {cores:.0f} busy"
+        )
 
 
 def produce_all(bootstrap: str, prefix: str, events: list[dict[str, Any]]) -> None:
@@ -237,10 +312,15 @@ def steady(
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
     began = time.time()
+    meter = CpuMeter(proc.pid)
     target = n + len(extra)
     while time.monotonic() < deadline + 300:
         if sum(input_progress(port, prefix) for port in ports) >= target:
-            return len(extra) / (time.time() - began)
+            rate = len(extra) / (time.time() - began)
+            print(
+                f"  steady phase, {len(ports)} process(es): {rate:,.0f} events/s; {meter.report()}"
+            )
+            return rate
         time.sleep(0.02)
     raise AssertionError("the workers did not apply the fresh backlog")
 
