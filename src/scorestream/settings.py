@@ -119,8 +119,17 @@ class Settings:
     identify_wait: float = field(
         default=30.0,
         metadata={
-            "doc": "seconds to wait for an anonymous visitor's state from a partition on "
-            "another worker before going on without it (it is merged late when it comes)"
+            "doc": "seconds an identified contact's later events wait for its anonymous "
+            "visitor's state from a partition on another worker before they are applied "
+            "without it (it is merged late when it comes); other contacts do not wait"
+        },
+    )
+    producer_linger_ms: int = field(
+        default=20,
+        metadata={
+            "doc": "milliseconds the worker's producer gathers records (crossings, "
+            "changelog, hand-overs) into one request: lower gives crossings sooner, higher "
+            "costs the broker and the workers less CPU"
         },
     )
     rescore_hold: float = field(
