@@ -125,7 +125,7 @@ class Settings:
         },
     )
     producer_linger_ms: int = field(
-        default=20,
+        default=10,
         metadata={
             "doc": "milliseconds the worker's producer gathers records (crossings, "
             "changelog, hand-overs) into one request: lower gives crossings sooner, higher "
