@@ -30,11 +30,6 @@ from scorestream.settings import Settings
 from scorestream.topics import apply, delete_prefixed, load_declarations
 
 
-def cpu_seconds(pid: str) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     rate = float(sys.argv[1]) if len(sys.argv) > 1 else 5000.0
     bootstrap = os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
@@ -52,10 +47,10 @@ def main() -> None:
         done = threading.Event()
 
         def sample() -> None:
-            before = {p: cpu_seconds(p) for p in pids}
+            before = {p: wb.cpu_seconds(p) for p in pids}
             began = time.time()
             while not done.wait(2.0):
-                after = {p: cpu_seconds(p) for p in pids}
+                after = {p: wb.cpu_seconds(p) for p in pids}
                 now = time.time()
                 samples.append({p: round((after[p] - before[p]) / (now - began), 2) for p in pids})
                 before, began = after, now

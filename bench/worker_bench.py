@@ -57,19 +57,37 @@ PYTHON = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: str) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # fields after "pid (comm) "
+def _stat(pid: str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after "pid (comm) " (OSError if it is gone)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _ticks(fields: list[str]) -> int:
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def cpu_seconds(pid: str) -> float:
+    """CPU seconds (user + system) one process has used so far."""
+    return _ticks(_stat(pid)) / TICK
+
+
+def _stats() -> dict[str, list[str]]:
+    stats = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stats[pid] = _stat(pid)
+            except OSError:
+                continue  # gone meanwhile
+    return stats
 
 
 def cpu_of(root: int | None = None, cmdline: bytes = b"") -> float:
     """CPU seconds (user + system) of a process and its descendants (the supervisor
     starts its workers in sessions of their own), or of the processes whose command
     line holds ``cmdline``."""
-    stats = {pid: f for pid in os.listdir("/proc") if pid.isdigit() and (f := _stat(pid))}
+    stats = _stats()
     if root is not None:
         children: dict[str, list[str]] = {}
         for pid, fields in stats.items():
@@ -88,7 +106,7 @@ def cpu_of(root: int | None = None, cmdline: bytes = b"") -> float:
                     chosen.add(pid)
             except OSError:
                 continue
-    return sum(int(stats[p][11]) + int(stats[p][12]) for p in chosen) / TICK  # utime, stime
+    return sum(_ticks(stats[p]) for p in chosen) / TICK
 
 
 def machine() -> tuple[float, float]:
