@@ -24,6 +24,7 @@ COMPILED = [
     "src/scorestream/engine/state.py",
     "src/scorestream/engine/conditions.py",
     "src/scorestream/engine/timeutil.py",
+    "src/scorestream/engine/wire.py",
     "src/scorestream/pipeline/records.py",
     "src/scorestream/pipeline/routing.py",
     "src/scorestream/pipeline/merge.py",
