@@ -25,6 +25,7 @@ COMPILED = [
     "src/scorestream/engine/conditions.py",
     "src/scorestream/engine/timeutil.py",
     "src/scorestream/engine/wire.py",
+    "src/scorestream/engine/plan.py",
     "src/scorestream/pipeline/records.py",
     "src/scorestream/pipeline/routing.py",
     "src/scorestream/pipeline/merge.py",

@@ -71,14 +71,8 @@ from typing import Any, Literal
 
 import yaml
 
-from scorestream.engine.rules import (
-    AttributeRule,
-    EventRule,
-    Model,
-    RulesError,
-    RuleSet,
-    parse_rules,
-)
+from scorestream.engine.plan import AttributeRule, EventRule, Model
+from scorestream.engine.rules import RulesError, RuleSet, parse_rules
 from scorestream.engine.scorer import Engine, round2
 from scorestream.engine.state import Bounds
 from scorestream.engine.timeutil import (

@@ -42,7 +42,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from scorestream import clients
 from scorestream.engine.events import InvalidEvent, decode_event
-from scorestream.engine.rules import Model
+from scorestream.engine.plan import Model
 from scorestream.engine.scorer import TOP_CONTRIBUTORS, Crossing, Engine, round2
 from scorestream.engine.state import ContactState
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts

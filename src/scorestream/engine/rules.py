@@ -28,13 +28,12 @@ from pydantic import (
 from scorestream.engine.conditions import (
     MISSING,
     ConditionError,
-    Predicate,
     compile_test,
     compile_where,
-    lookup,
     split_path,
 )
 from scorestream.engine.errors import ScorestreamError
+from scorestream.engine.plan import AttributeRule, EventRule, Model, Threshold
 from scorestream.engine.timeutil import TimeFormatError, format_duration, parse_duration
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -158,76 +157,6 @@ class RuleFileSpec(_Strict):
 def ceil_cent(value: float) -> float:
     """The smallest multiple of 0.01 not below ``value`` (thresholds vs reported scores)."""
     return math.ceil(round(value * 100, 6)) / 100
-
-
-@dataclass(frozen=True, slots=True)
-class Threshold:
-    """A threshold with hysteresis. Compared against the reported (rounded) score."""
-
-    name: str
-    enter: float
-    exit: float
-    #: raw-score boundaries: reported score >= enter  <=>  raw >= enter_bound
-    enter_bound: float
-    exit_bound: float
-
-
-@dataclass(frozen=True, slots=True)
-class EventRule:
-    """A compiled event rule."""
-
-    model: str
-    id: str
-    event: str
-    match: Callable[[Mapping[str, Any]], bool] | None
-    fixed: float | None
-    per: tuple[tuple[str, ...], float, float | None] | None
-    limit_count: int | None
-    limit_per: int | None  # microseconds; None with a count means "ever"
-    unless_event: str | None
-    unless_within: int  # microseconds
-    unless_match: tuple[tuple[str, ...], ...]
-
-    def points_for(self, props: Mapping[str, Any]) -> float | None:
-        """Points this rule awards for the event, or None (missing or non-numeric value)."""
-        if self.fixed is not None:
-            return self.fixed
-        assert self.per is not None
-        parts, factor, cap = self.per
-        value = lookup(props, parts)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return None
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        points = float(value) * factor
-        if cap is not None and abs(points) > cap:
-            points = math.copysign(cap, points)
-        return points
-
-
-@dataclass(frozen=True, slots=True)
-class AttributeRule:
-    """A compiled attribute (demographic/firmographic) rule."""
-
-    model: str
-    id: str
-    attribute: str
-    test: Predicate
-    points: float
-
-
-@dataclass(frozen=True, slots=True)
-class Model:
-    """A compiled model: its decay, clamps, thresholds and rules (sorted by id)."""
-
-    name: str
-    decay: Literal["none", "half_life", "expire_after"]
-    decay_us: int
-    min_score: float | None
-    max_score: float | None
-    thresholds: tuple[Threshold, ...]
-    event_rules: tuple[EventRule, ...]
-    attribute_rules: tuple[AttributeRule, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,13 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from scorestream.engine.conditions import MISSING, lookup, split_path
 from scorestream.engine.events import AnyEvent, Identify, ProfileUpdate
-from scorestream.engine.rules import AttributeRule, EventRule, Model, RuleSet
+from scorestream.engine.plan import AttributeRule, EventRule, Model
+from scorestream.engine.rules import RuleSet
 from scorestream.engine.state import UNKNOWN, Bounds, ContactState, ModelState, id_hash
 from scorestream.engine.timeutil import format_ts
 
@@ -82,14 +83,30 @@ class Crossing:
         }
 
 
-@dataclass(slots=True)
 class Outcome:
     """What applying one event did."""
 
-    status: Literal["applied", "duplicate"]
-    crossings: list[Crossing] = field(default_factory=list)
-    #: ``unless`` timers not started because the contact already had Bounds.timers pending
-    timers_dropped: int = 0
+    # A plain class, not a dataclass: compiled, it is built in a fraction of the time
+    # (one per event).
+    __slots__ = ("crossings", "status", "timers_dropped")
+
+    def __init__(
+        self,
+        status: Literal["applied", "duplicate"],
+        crossings: list[Crossing] | None = None,
+        timers_dropped: int = 0,
+    ) -> None:
+        self.status = status
+        self.crossings: list[Crossing] = [] if crossings is None else crossings
+        #: ``unless`` timers not started because the contact already had Bounds.timers
+        #: pending
+        self.timers_dropped = timers_dropped
+
+    def __repr__(self) -> str:
+        return (
+            f"Outcome({self.status!r}, crossings={self.crossings!r}, "
+            f"timers_dropped={self.timers_dropped})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +126,11 @@ class Engine:
         self.rules = rules
         self.bounds = bounds or Bounds()
         self._models = rules.models
+        # The plan's lookup tables as typed dicts: read for every event, and compiled a
+        # dict read is a C call where a Mapping attribute of the plan is a Python lookup.
+        self._by_type: dict[str, tuple[EventRule, ...]] = dict(rules.by_type)
+        self._cancels: dict[str, tuple[EventRule, ...]] = dict(rules.cancels)
+        self._model_by_name: dict[str, Model] = dict(rules.model_by_name)
         self._threshold_models = tuple(m for m in rules.models if m.thresholds)
         # Only these can change with the passing of time alone (see _next_change).
         self._timed_models = tuple(
@@ -151,9 +173,11 @@ class Engine:
             # attribute (`ne`, `exists: false`) count from its first event on.
             self._recompute_attributes(state, event.event_id, t, changed=None)
         now = t if state.clock is None or t > state.clock else state.clock
-        if isinstance(event, ProfileUpdate):
+        # ``type() is``, not isinstance: pydantic's metaclass makes isinstance an ABC check
+        # costing more than a small rule (the event classes have no subclasses).
+        if type(event) is ProfileUpdate:
             self._profile_update(state, event, t, now, out)
-        elif not isinstance(event, Identify):
+        elif type(event) is not Identify:
             self._score_event(state, event, t, now, out)
         if first:
             for model in self._attribute_models:
@@ -350,10 +374,10 @@ class Engine:
     ) -> None:
         props = event.properties
         etype = event.type
-        cancels = self.rules.cancels.get(etype)
+        cancels = self._cancels.get(etype)
         if cancels and state.timers:
             self._cancel_timers(state, cancels, props, t)
-        rules = self.rules.by_type.get(etype)
+        rules = self._by_type.get(etype)
         if not rules:
             return
         awards: list[tuple[EventRule, float]] = []
@@ -392,7 +416,7 @@ class Engine:
         # Points this event added, as they count at `now`, per model with thresholds: the
         # score before the event is the score after it minus these (one evaluation, not two).
         added: dict[str, float] = {}
-        model_by_name = self.rules.model_by_name
+        model_by_name = self._model_by_name
         for rule, points in awards:
             if self._limit_allows(state, rule, t):
                 self._award(state, rule.model, rule.id, points, t, event.event_id)
@@ -484,7 +508,7 @@ class Engine:
     def _award(
         self, state: ContactState, model_name: str, rule_id: str, points: float, t: int, eid: str
     ) -> None:
-        model = self.rules.model_by_name.get(model_name)
+        model = self._model_by_name.get(model_name)
         ms = state.models.get(model_name)
         if ms is None:
             ms = state.models[model_name] = ModelState()
@@ -581,7 +605,7 @@ class Engine:
 
     def _merge_models(self, into: ContactState, other: ContactState) -> None:
         for name, oms in other.models.items():
-            model = self.rules.model_by_name.get(name)
+            model = self._model_by_name.get(name)
             ims = into.models.get(name)
             if ims is None:
                 ims = into.models[name] = ModelState()

@@ -140,7 +140,9 @@ class Merger:
         self.highwater = highwater
         self.idle = idle
         self.expect_wait = expect_wait
-        self._heap: list[tuple[Key, int, Queue, Record]] = []
+        # Entries lead with the key's event time: two heads rarely share it, so most heap
+        # comparisons are one int comparison rather than two nested tuple ones.
+        self._heap: list[tuple[int, Key, int, Queue, Record]] = []
         self._seq = 0
         self.sources: dict[tuple[str, int], Source] = {}
         self.peers: dict[tuple[int, int], Queue] = {}
@@ -212,7 +214,7 @@ class Merger:
             queue = self.peers.pop(pair)
             left.extend(queue.items)
             self.buffered -= len(queue.items)
-        self._heap = [entry for entry in self._heap if entry[2].partition != partition]
+        self._heap = [entry for entry in self._heap if entry[3].partition != partition]
         heapq.heapify(self._heap)
         return left
 
@@ -237,7 +239,8 @@ class Merger:
         self.buffered += 1
         if len(items) == 1:
             self._seq += 1
-            heapq.heappush(self._heap, (record.key, self._seq, queue, record))
+            key = record.key
+            heapq.heappush(self._heap, (key[0], key, self._seq, queue, record))
 
     def insert(self, queue: Queue, record: Record) -> None:
         """Put a record into a queue in key order (records from other workers).
@@ -263,7 +266,7 @@ class Merger:
                 return
         # A new head: the heap entry of the old one (if any) is stale from now on.
         self._seq += 1
-        heapq.heappush(self._heap, (key, self._seq, queue, record))
+        heapq.heappush(self._heap, (key[0], key, self._seq, queue, record))
 
     def in_order(self, source: Source, offset: int) -> bool:
         """Whether a message at ``offset`` is the next one of ``source``.
@@ -302,8 +305,8 @@ class Merger:
         heap = self._heap
         while heap:
             entry = heap[0]
-            items = entry[2].items
-            if items and items[0] is entry[3]:
+            items = entry[3].items
+            if items and items[0] is entry[4]:
                 break
             heapq.heappop(heap)  # stale: its record was overtaken by an inserted one
         else:
@@ -316,7 +319,7 @@ class Merger:
             for emptied in self._unchecked:
                 self._check(emptied, now)
             self._unchecked.clear()
-        key, _, queue, _ = heap[0]
+        _, key, _, queue, _ = heap[0]
         if self._blocking or self._at_barrier(key):
             self._waiting(True, now)
             return None
@@ -337,7 +340,8 @@ class Merger:
         if items:
             self._seq += 1
             head = items[0]
-            heapq.heapreplace(heap, (head.key, self._seq, queue, head))
+            key = head.key
+            heapq.heapreplace(heap, (key[0], key, self._seq, queue, head))
         else:
             heapq.heappop(heap)
             source = queue.source

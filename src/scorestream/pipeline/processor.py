@@ -629,7 +629,7 @@ class Processor:
             if record.position <= state.marks.get(stream, -1):
                 # Already in this state: a replay. (An identified anonymous state keeps the
                 # marks it was handed over with, so what it counted is not sent on again.)
-                if isinstance(event, Identify) and state.alias is None:
+                if type(event) is Identify and state.alias is None:
                     self._identify(part, state, event, record, now)  # its hand-over again
                 return "replayed"
             if state.alias is not None:
@@ -657,7 +657,7 @@ class Processor:
         if self._applied_times is not None:
             self._applied_times.append(ts)
         self._changed(part, state, outcome.crossings)
-        if isinstance(event, Identify):
+        if type(event) is Identify:  # not isinstance: see Engine.apply
             self._identify(part, state, event, record, now)
         return "applied"
 

@@ -33,7 +33,11 @@ REQUEST: Final = 2  # identify seen: the anonymous id's partition must hand over
 STATE: Final = 3  # the anonymous state (or nothing) for the contact
 CLOCK: Final = 4  # a remote partition's newest event time (repartition topic only)
 
-Key = tuple[int, int, int, int, int]
+#: (occurred_at µs, topic rank, origin partition, origin offset, hop). Typed as a
+#: variable-length tuple on purpose: compiled, a fixed-length tuple of ints is unboxed
+#: into C values on every read and boxed again (new tuple, new ints) on every store,
+#: which cost more than the merge's own work; a ``tuple[int, ...]`` stays one object.
+Key = tuple[int, ...]
 
 
 @lru_cache(maxsize=65_536)

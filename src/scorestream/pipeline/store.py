@@ -100,7 +100,9 @@ class CachedStore(ABC):
     """States as objects over a byte store: cache, dirty set, pending set."""
 
     def __init__(self, cache_size: int) -> None:
-        self._cache: OrderedDict[str, ContactState] = OrderedDict()
+        #: every state held as an object (its order does not matter: eviction follows
+        #: ``_clean``)
+        self._cache: dict[str, ContactState] = {}
         self.cache_size = cache_size
         self.dirty: set[str] = set()
         #: keys being checkpointed: taken from ``dirty``, not yet written
@@ -153,32 +155,34 @@ class CachedStore(ABC):
         """The state of ``key``, from the cache or the byte store; None if unknown."""
         state = self._cache.get(key)
         if state is not None:
-            self._cache.move_to_end(key)
-            if key in self._clean:
-                self._clean.move_to_end(key)
+            clean = self._clean
+            if key in clean:
+                clean.move_to_end(key)
             return state
         raw = self._load(key.encode("utf-8"))
         if raw is None:
             return None
         state = decode_value(raw)
-        self._remember(key, state, clean=True)
+        self._cache[key] = state
+        clean = self._clean
+        clean[key] = None
+        clean.move_to_end(key)  # just read: the most recently used of the clean ones
+        self._trim()
         return state
 
     def put(self, state: ContactState) -> None:
         """Record a changed state; it is written at the next checkpoint."""
         key = state.key
-        self._clean.pop(key, None)
-        self._remember(key, state, clean=False)
-        self.dirty.add(key)
-
-    def _remember(self, key: str, state: ContactState, clean: bool) -> None:
+        dirty = self.dirty
+        if key not in dirty:
+            # A dirty state is never in ``_clean``: the usual put (a state changed again
+            # before a checkpoint) touches one set and one dict.
+            self._clean.pop(key, None)
+            dirty.add(key)
         cache = self._cache
         cache[key] = state
-        cache.move_to_end(key)
-        if clean:
-            self._clean[key] = None
-            self._clean.move_to_end(key)
-        self._trim()
+        if len(cache) > self.cache_size:
+            self._trim()
 
     def _trim(self) -> None:
         """Evict least recently used clean states; dirty ones stay until written."""
