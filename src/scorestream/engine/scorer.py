@@ -28,7 +28,14 @@ from scorestream.engine.conditions import MISSING, lookup, split_path
 from scorestream.engine.events import AnyEvent, Identify, ProfileUpdate
 from scorestream.engine.plan import AttributeRule, EventRule, Model
 from scorestream.engine.rules import RuleSet
-from scorestream.engine.state import UNKNOWN, Bounds, ContactState, ModelState, id_hash
+from scorestream.engine.state import (
+    UNKNOWN,
+    Bounds,
+    ContactState,
+    ModelState,
+    id_digest,
+    id_hash,
+)
 from scorestream.engine.timeutil import format_ts
 
 TOP_CONTRIBUTORS = 3
@@ -155,8 +162,9 @@ class Engine:
 
     def apply(self, state: ContactState, event: AnyEvent) -> Outcome:
         """Score one event for the contact whose state this is (identify: see :meth:`merge`)."""
-        h = id_hash(event.event_id)
-        if state.has_seen(h):
+        # The hash's bytes, as the dedupe memory holds them (no int in between).
+        h = id_digest(event.event_id)
+        if state.has_seen_digest(h):
             return Outcome("duplicate")
         t = event.ts
         out = Outcome("applied")
@@ -164,7 +172,7 @@ class Engine:
             self._sync_rules(state, t, out.crossings)
         if state.clock is not None and (state.timers or self._timed_models):
             out.crossings.extend(self._advance(state, t, inclusive=False))
-        state.remember(h, self.bounds.seen_ids)
+        state.remember_digest(h, self.bounds.seen_ids)
         if event.contact_id is not None and event.contact_id == state.key:
             state.anonymous = False
         first = state.clock is None and bool(self._attribute_models)

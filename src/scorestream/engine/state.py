@@ -73,7 +73,12 @@ class Bounds:
 
 def id_hash(event_id: str) -> int:
     """A stable 64-bit hash of an event id (dedupe memory stores these, not the strings)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(id_digest(event_id), "big")
+
+
+def id_digest(event_id: str) -> bytes:
+    """:func:`id_hash` as the 8 bytes the dedupe memory holds (big-endian)."""
+    return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
 
 
 class ModelState:
@@ -172,19 +177,26 @@ class ContactState:
 
     def has_seen(self, h: int) -> bool:
         """Whether an event id hash is in the dedupe memory."""
+        return self.has_seen_digest(_ID.pack(h))
+
+    def has_seen_digest(self, digest: bytes) -> bool:
+        """:meth:`has_seen` for the hash's 8 bytes (:func:`id_digest`)."""
         seen = self._seen
-        needle = _ID.pack(h)
-        at = seen.find(needle)
+        at = seen.find(digest)
         while at >= 0:
             if at % 8 == 0:
                 return True
-            at = seen.find(needle, at + 1)  # straddles two hashes: look on
+            at = seen.find(digest, at + 1)  # straddles two hashes: look on
         return False
 
     def remember(self, h: int, bound: int) -> None:
         """Add an id hash, forgetting the oldest beyond ``bound``."""
+        self.remember_digest(_ID.pack(h), bound)
+
+    def remember_digest(self, digest: bytes, bound: int) -> None:
+        """:meth:`remember` for the hash's 8 bytes (:func:`id_digest`)."""
         seen = self._seen
-        seen += _ID.pack(h)
+        seen += digest
         excess = len(seen) // 8 - bound
         if excess > 0:
             del seen[: excess * 8]

@@ -13,7 +13,6 @@ from scorestream.engine.errors import ScorestreamError
 
 US_PER_SECOND = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 
 _DURATION = re.compile(r"([1-9][0-9]*)([smhdw])")
 _UNIT_US = {
@@ -54,7 +53,10 @@ def format_duration(us: int) -> str:
 
 def to_us(moment: datetime) -> int:
     """An aware datetime to integer microseconds since the epoch."""
-    return (moment - _EPOCH) // _ONE_US
+    delta = moment - _EPOCH
+    # The same integer as ``delta // timedelta(microseconds=1)``, without the division
+    # of two timedeltas (a third of the decoding of an event's time).
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def from_us(us: int) -> datetime:
@@ -86,9 +88,10 @@ def parse_datetime(text: str) -> datetime:
         norm = text[:10] + "T" + text[11:]
         if norm[-1] == "z":
             norm = norm[:-1] + "Z"
-    frac = match.group(1)
-    if frac is not None and len(frac) > 7:  # the dot and more than six digits
-        norm = norm.replace(frac, frac[:7], 1)
+    if len(text) > 26:  # shorter, it cannot hold more than six fraction digits
+        frac = match.group(1)
+        if frac is not None and len(frac) > 7:  # the dot and more than six digits
+            norm = norm.replace(frac, frac[:7], 1)
     try:
         return datetime.fromisoformat(norm)
     except ValueError as exc:
