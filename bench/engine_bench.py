@@ -7,7 +7,8 @@ and the bound that decoding followed by that scorer sets, which no processor can
 
 Traffic: ``scorestream simulate``'s generator (visitors, campaigns, forms, carts, profile
 updates, identify) scored with the B2B plan. Baseline: ``json.loads`` plus a dict update
-per event, the least any consumer does. Each figure is the best of ``--repeat`` runs.
+per event, the least any consumer does. Each figure is the best of ``--repeat`` runs,
+taken in rounds (one run of each loop per round).
 """
 
 from __future__ import annotations
@@ -35,15 +36,20 @@ from scorestream.pipeline.store import MemoryStore  # noqa: E402
 from scorestream.simulate import Traffic  # noqa: E402
 
 
-def best_rate(n: int, run: Callable[[], None], repeat: int) -> float:
-    """Events per second of the fastest of ``repeat`` runs."""
-    times = []
+def best_rates(n: int, runs: list[Callable[[], None]], repeat: int) -> list[float]:
+    """Events per second of the fastest of ``repeat`` runs of each, taken in rounds.
+
+    One run of every loop per round, so that a slow spell of this shared machine falls
+    on all of them rather than on whichever loop ran during it.
+    """
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return n / min(times)
+        for run, taken in zip(runs, times, strict=True):
+            gc.collect()
+            start = time.perf_counter()
+            run()
+            taken.append(time.perf_counter() - start)
+    return [n / min(taken) for taken in times]
 
 
 def generate(events: int, contacts: int) -> list[bytes]:
@@ -101,7 +107,8 @@ def main() -> None:
     lines = generate(args.events, args.contacts)
     n = len(lines)
     print(
-        f"{n} events, {args.contacts} people, plan {Path(args.rules).name}, best of {args.repeat}"
+        f"{n} events, {args.contacts} people, plan {Path(args.rules).name}, "
+        f"best of {args.repeat} rounds"
     )
 
     def baseline() -> None:
@@ -155,11 +162,9 @@ def main() -> None:
         proc.refresh(0.0)
         proc.run(0.0)
 
-    base = best_rate(n, baseline, args.repeat)
-    dec = best_rate(n, decode_only, args.repeat)
-    full = best_rate(n, engine_full, args.repeat)
-    core = best_rate(n, engine_core, args.repeat)
-    alone = best_rate(n, engine_alone, args.repeat)
+    base, dec, full, core, alone = best_rates(
+        n, [baseline, decode_only, engine_full, engine_core, engine_alone], args.repeat
+    )
 
     sizes = [len(s.to_bytes()) for s in score_lines(Engine(rules), iter(lines)).processor.states()]
     per_contact_100 = state_after_100_events(Engine(rules))
