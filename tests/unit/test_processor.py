@@ -200,11 +200,38 @@ def test_a_source_stuck_behind_its_end_is_read_again_then_given_up() -> None:
     assert proc.run(1.0 + STALL_SECONDS + 0.01) == 0
     rereads = proc.merger.take_rereads()
     assert [(s.topic, s.partition, s.received) for s in rereads] == [("events.email", p, 0)]
-    # The re-read brings nothing either: the offsets hold no records; stop waiting.
+    # The re-read brings nothing either: the offsets hold no records; stop waiting. (The
+    # worker looks every few milliseconds; a look in between stands for those.)
+    proc.refresh(1.0 + 1.5 * STALL_SECONDS)
+    assert proc.run(1.0 + 1.5 * STALL_SECONDS) == 0
     proc.refresh(1.0 + 2 * STALL_SECONDS + 0.02)
     assert proc.run(1.0 + 2 * STALL_SECONDS + 0.02) == 1
     assert proc.merger.stalls == 1
     assert proc.merger.take_rereads() == []
+
+
+def test_time_the_process_stood_still_is_not_a_stall() -> None:
+    # A worker stopped (SIGSTOP, swapped out) for longer than the stall time: at resume
+    # its sources look quiet by the wall clock, but the merge was not looking; records
+    # still in flight must not be read again. Watched for the stall time, it does ask.
+    cluster = Cluster()
+    p = partition_for("c-1", N)
+    cluster.publish([ev(1, "page_view", 0, contact_id="c-1", props={"url": "/"})])
+    cluster.log("events.email", p).append(None)  # an end offset with no record delivered
+    member = Member(cluster, Engine(PARITY), range(N))
+    proc = member.proc
+    proc.refresh(1.0)
+    proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 1.0)
+    assert proc.run(1.0) == 0
+    resumed = 1.0 + 10 * STALL_SECONDS  # frozen in between: no look at all
+    proc.refresh(resumed)
+    assert proc.run(resumed) == 0
+    assert proc.merger.take_rereads() == []
+    proc.refresh(resumed + STALL_SECONDS / 2)
+    assert proc.merger.take_rereads() == []
+    proc.refresh(resumed + STALL_SECONDS + 0.01)
+    rereads = proc.merger.take_rereads()
+    assert [(s.topic, s.partition, s.received) for s in rereads] == [("events.email", p, 0)]
 
 
 def test_a_message_after_a_gap_is_refused_once_and_the_source_read_again() -> None:
@@ -240,6 +267,7 @@ def test_a_re_read_brings_the_records_a_consumer_skipped() -> None:
     proc = member.proc
     proc.refresh(1.0)
     proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 1.0)
+    proc.refresh(1.0 + STALL_SECONDS / 2)  # the worker looks every few milliseconds
     proc.refresh(1.0 + STALL_SECONDS + 0.01)
     (source,) = proc.merger.take_rereads()
     # The re-read delivers the e-mail the consumer had skipped: both are applied, in order.

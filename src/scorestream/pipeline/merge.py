@@ -173,6 +173,10 @@ class Merger:
         #: the whole stream; a contact awaiting a hand-over compares it with the
         #: answer's key (see ``Processor``)
         self.last: Key = _CLOSED
+        #: when :meth:`refresh` last ran, and since when it has run without a gap longer
+        #: than STALL_SECONDS: a source counts as quiet only while the merge was looking
+        self._looked = 0.0
+        self._watching_since = 0.0
 
     # ------------------------------------------------------------------ topology
 
@@ -406,7 +410,7 @@ class Merger:
                 # nothing either, what is left holds no records (transaction markers).
                 if not source.blocking or source.lag_since == 0.0:
                     source.lag_since = now
-                quiet_since = max(source.lag_since, source.last_arrival)
+                quiet_since = max(source.lag_since, source.last_arrival, self._watching_since)
                 blocking = True
                 if now - quiet_since >= STALL_SECONDS:
                     if source.reread_at != high:
@@ -458,7 +462,16 @@ class Merger:
         return rereads
 
     def refresh(self, now: float) -> None:
-        """Look again at every source (new high-water marks) and at expected records."""
+        """Look again at every source (new high-water marks) and at expected records.
+
+        The worker calls this at least every few tens of milliseconds while it runs; a
+        longer gap than STALL_SECONDS means the process itself stood still (stopped,
+        swapped out, an event loop stalled): time that passed then is not a source
+        being quiet, so stall detection counts from the first look after it.
+        """
+        if now - self._looked > STALL_SECONDS:
+            self._watching_since = now
+        self._looked = now
         for source in self.sources.values():
             self._check(source, now)
         self._unchecked.clear()
