@@ -19,7 +19,7 @@ from scorestream.engine.rules import load_rules
 from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
 from scorestream.offline import OfflineRun, score_lines
-from scorestream.pipeline.merge import STALL_SECONDS
+from scorestream.pipeline.merge import SLOW_FETCH_FACTOR, STALL_SECONDS
 from scorestream.pipeline.processor import Settings
 from scorestream.pipeline.records import REQUEST, decode_envelope
 from scorestream.pipeline.routing import REPARTITION, partition_for
@@ -232,6 +232,36 @@ def test_time_the_process_stood_still_is_not_a_stall() -> None:
     proc.refresh(resumed + STALL_SECONDS + 0.01)
     rereads = proc.merger.take_rereads()
     assert [(s.topic, s.partition, s.received) for s in rereads] == [("events.email", p, 0)]
+
+
+def test_a_slow_consumer_is_given_longer_than_one_that_lost_records() -> None:
+    # The same quiet source, once with the consumer's position still at the offset the
+    # merge expects (it has not fetched or handed them over yet: slow) and once past it
+    # (it handed them to someone else: lost). Only the lost ones are read again at the
+    # stall time; the slow one gets SLOW_FETCH_FACTOR times as long.
+    p = partition_for("c-1", N)
+    asked: dict[str, float] = {}
+    for case, position in (("lost", 1), ("slow", 0)):
+        cluster = Cluster()
+        cluster.publish([ev(1, "page_view", 0, contact_id="c-1", props={"url": "/"})])
+        cluster.log("events.email", p).append(None)
+        proc = Member(cluster, Engine(PARITY), range(N)).proc
+        proc.merger.position = lambda topic, partition, at=position: (
+            at if topic == "events.email" else None
+        )
+        proc.refresh(1.0)
+        proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 1.0)
+        assert proc.run(1.0) == 0
+        now = 1.0
+        while not proc.merger.take_rereads():
+            now += 0.25
+            proc.refresh(now)
+            assert now < 60, case
+        asked[case] = now - 1.0
+    assert STALL_SECONDS <= asked["lost"] < STALL_SECONDS + 0.5
+    assert (
+        SLOW_FETCH_FACTOR * STALL_SECONDS <= asked["slow"] < SLOW_FETCH_FACTOR * STALL_SECONDS + 0.5
+    )
 
 
 def test_a_message_after_a_gap_is_refused_once_and_the_source_read_again() -> None:

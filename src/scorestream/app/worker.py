@@ -122,6 +122,8 @@ class Runtime:
             ),
             topics=topology.real,
         )
+        # The merge tells a consumer that lost records from one that is only slow.
+        self.processor.merger.position = self._position
         self.stores: dict[int, RocksStore] = {}
         self.state_root = Path(s.state_dir) / s.app_id
         self.ready = False
@@ -157,6 +159,20 @@ class Runtime:
         except Exception:  # the consumer is (re)starting: nothing is known
             return None
         return None if value is None else int(value)
+
+    def _position(self, topic: str, partition: int) -> int | None:
+        """aiokafka's position of a partition: the next offset it will hand over.
+
+        Read from its subscription state without a call into its thread (an int
+        attribute: a stale value only makes the merge's stall check wait or re-read a
+        little sooner or later). None when unknown.
+        """
+        try:
+            consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+            state = consumer._subscription.subscription.assignment.state_value(TP(topic, partition))
+            return int(state.position) if state.has_valid_position else None
+        except Exception:  # the consumer is (re)starting or the partition went: unknown
+            return None
 
     def on_message(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
         """Called by the agent for every message, in partition order."""
@@ -418,6 +434,9 @@ class Runtime:
                         "source": f"{s.topic}[{s.partition}]",
                         "received": s.received,
                         "end": merger.highwater(s.topic, s.partition),
+                        # the consumer's next offset to hand over: at "received", it
+                        # is still fetching; beyond it, records went missing
+                        "consumer_position": merger.position(s.topic, s.partition),
                     }
                     for s in merger.blocking
                 ],

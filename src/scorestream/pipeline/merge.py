@@ -46,6 +46,14 @@ HighWater = Callable[[str, int], int | None]
 #: message: seen with Faust around rebalances); if a second wait brings nothing either,
 #: the remaining offsets hold no records (transaction markers) and it stops blocking.
 STALL_SECONDS = 2.0
+#: ... unless the consumer's own position (the next offset it will hand over) is still
+#: at the offset the merge expects: then it has lost nothing and is only slow, and the
+#: re-read waits this many times as long.
+SLOW_FETCH_FACTOR = 5
+
+
+def _unknown_position(topic: str, partition: int) -> int | None:
+    return None
 
 
 class Queue:
@@ -138,6 +146,9 @@ class Merger:
         expect_wait: float = 30.0,
     ) -> None:
         self.highwater = highwater
+        #: (topic, partition) -> the consumer's position (next offset it hands over),
+        #: None if unknown; the worker sets it (see SLOW_FETCH_FACTOR)
+        self.position: HighWater = _unknown_position
         self.idle = idle
         self.expect_wait = expect_wait
         # Entries lead with the key's event time: two heads rarely share it, so most heap
@@ -412,7 +423,16 @@ class Merger:
                     source.lag_since = now
                 quiet_since = max(source.lag_since, source.last_arrival, self._watching_since)
                 blocking = True
-                if now - quiet_since >= STALL_SECONDS:
+                quiet = now - quiet_since
+                if quiet >= STALL_SECONDS and quiet < STALL_SECONDS * SLOW_FETCH_FACTOR:
+                    # Only a consumer that went past what it delivered lost records. One
+                    # still at the offset expected has not handed them over yet (its
+                    # fetching lags, e.g. a worker short of CPU on a backlog): a re-read
+                    # would throw away what it has fetched. It gets longer.
+                    position = self.position(source.topic, source.partition)
+                    if position is not None and position <= source.received:
+                        quiet = 0.0
+                if quiet >= STALL_SECONDS:
                     if source.reread_at != high:
                         source.reread_at = high
                         source.lag_since = now
