@@ -260,11 +260,14 @@ class Runtime:
             # The consumer went past records the merge never got, or delivered a later
             # offset first (Faust, around rebalances): read again from the offset expected.
             log.warning(
-                "%s[%d]: records from offset %d did not arrive in order (%s); reading again",
+                "%s[%d]: records from offset %d did not arrive in order (%s; consumer "
+                "position %s, end offset %s); reading again",
                 source.topic,
                 source.partition,
                 source.received,
                 f"offset {source.gap_at} came first" if source.gap_at >= 0 else "none came",
+                proc.merger.position(source.topic, source.partition),
+                proc.merger.highwater(source.topic, source.partition),
             )
             self.metrics.merge_rereads.inc()
             await self._seek(TP(source.topic, source.partition), source.received)
