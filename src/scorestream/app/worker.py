@@ -212,6 +212,14 @@ class Runtime:
             if not records or consumer.should_stop:
                 continue
             if not consumer.flow_active or self.app.consumer_generation_id != generation:
+                # Said, so that a re-read that follows can be told apart from a loss
+                # inside the consumer.
+                log.warning(
+                    "dropped a fetched batch of %d records from %d partitions (%s)",
+                    sum(len(batch) for batch in records.values()),
+                    len(records),
+                    "flow stopped" if not consumer.flow_active else "new generation",
+                )
                 await consumer.perform_seek()
                 continue
             self.on_batch(records)
