@@ -50,6 +50,11 @@ STALL_SECONDS = 2.0
 #: at the offset the merge expects: then it has lost nothing and is only slow, and the
 #: re-read waits this many times as long.
 SLOW_FETCH_FACTOR = 5
+#: A consumer past the offset expected has handed the records over: they may still be
+#: on their way to the merge (returned by aiokafka, the drain not yet resumed: seen on a
+#: busy worker, right after a source was starved for the stall time), or lost. Lost
+#: only once it has stayed past it this long.
+AHEAD_SECONDS = 1.0
 
 
 def _unknown_position(topic: str, partition: int) -> int | None:
@@ -78,6 +83,7 @@ class Source:
     """A consumed topic-partition: how far it was received, and whether it may block."""
 
     __slots__ = (
+        "ahead_since",
         "blocking",
         "gap_at",
         "idle_until",
@@ -122,6 +128,8 @@ class Source:
         self.skipped_at = -1
         #: an offset that came when an earlier one was expected (accepted if it comes again)
         self.gap_at = -1
+        #: since when the consumer's position has been past ``received`` (0: it is not)
+        self.ahead_since = 0.0
 
     def __repr__(self) -> str:
         return f"Source({self.topic}[{self.partition}]@{self.received}, blocking={self.blocking})"
@@ -307,6 +315,7 @@ class Merger:
         """A message at ``offset`` was read from ``source`` (pushed, or handled at once)."""
         source.received = offset + 1
         source.last_arrival = now
+        source.ahead_since = 0.0
         queue = source.queue
         if queue is not None and queue.items:
             self._unchecked.discard(source)
@@ -424,18 +433,27 @@ class Merger:
                 quiet_since = max(source.lag_since, source.last_arrival, self._watching_since)
                 blocking = True
                 quiet = now - quiet_since
-                if quiet >= STALL_SECONDS and quiet < STALL_SECONDS * SLOW_FETCH_FACTOR:
-                    # Only a consumer that went past what it delivered lost records. One
-                    # still at the offset expected has not handed them over yet (its
-                    # fetching lags, e.g. a worker short of CPU on a backlog): a re-read
-                    # would throw away what it has fetched. It gets longer.
+                if quiet >= STALL_SECONDS:
                     position = self.position(source.topic, source.partition)
-                    if position is not None and position <= source.received:
-                        quiet = 0.0
+                    if position is None:
+                        pass  # unknown: the stall time alone decides
+                    elif position <= source.received:
+                        # Not handed over yet (its fetching lags, e.g. a worker short
+                        # of CPU on a backlog): a re-read would throw away what it has
+                        # fetched. It gets longer.
+                        source.ahead_since = 0.0
+                        if quiet < STALL_SECONDS * SLOW_FETCH_FACTOR:
+                            quiet = 0.0
+                    else:
+                        if source.ahead_since == 0.0:
+                            source.ahead_since = now
+                        if now - source.ahead_since < AHEAD_SECONDS:
+                            quiet = 0.0  # possibly on their way: wait for them
                 if quiet >= STALL_SECONDS:
                     if source.reread_at != high:
                         source.reread_at = high
                         source.lag_since = now
+                        source.ahead_since = 0.0
                         self.rereads.append(source)
                     else:
                         source.skipped_at = high
@@ -445,6 +463,7 @@ class Merger:
                 blocking = queue is not None and now < source.idle_until
         if not blocking:
             source.lag_since = 0.0
+            source.ahead_since = 0.0
         if blocking != source.blocking:
             source.blocking = blocking
             if blocking:
@@ -470,6 +489,7 @@ class Merger:
         source.reread_at = -1
         source.skipped_at = -1
         source.lag_since = 0.0
+        source.ahead_since = 0.0
         self._unchecked.discard(source)
         if not source.blocking:
             source.blocking = True  # until the consumer has read from the new position
