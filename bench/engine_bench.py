@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from scorestream.engine.events import decode_event  # noqa: E402
 from scorestream.engine.rules import load_rules  # noqa: E402
 from scorestream.engine.scorer import Engine  # noqa: E402
+from scorestream.engine.state import ContactState  # noqa: E402
 from scorestream.engine.timeutil import parse_ts  # noqa: E402
 from scorestream.offline import DEFAULT_PARTITIONS, score_lines  # noqa: E402
 from scorestream.pipeline.processor import Processor  # noqa: E402
@@ -145,14 +146,14 @@ def main() -> None:
         # processor adds is the difference to the core below; decode + this is the least
         # `score` could cost with the scorer as it is.
         engine = Engine(rules)
-        states: dict[str, object] = {}
+        states: dict[str, ContactState] = {}
         apply, new_state = engine.apply, engine.new_state
         for event in decoded:
             key = event.key
             state = states.get(key)
             if state is None:
                 state = states[key] = new_state(key, anonymous=event.contact_id is None)
-            apply(state, event)  # type: ignore[arg-type]
+            apply(state, event)
 
     def engine_core() -> None:
         proc = pipeline(rules)

@@ -122,7 +122,8 @@ class Runtime:
             ),
             topics=topology.real,
         )
-        # The merge tells a consumer that lost records from one that is only slow.
+        # The merge tells a consumer that lost records from one that is only slow or
+        # whose records are still on their way (see merge.STALL_SECONDS).
         self.processor.merger.position = self._position
         self.stores: dict[int, RocksStore] = {}
         self.state_root = Path(s.state_dir) / s.app_id
@@ -446,7 +447,7 @@ class Runtime:
                         "received": s.received,
                         "end": merger.highwater(s.topic, s.partition),
                         # the consumer's next offset to hand over: at "received", it
-                        # is still fetching; beyond it, records went missing
+                        # is still fetching; beyond it, records are on their way or lost
                         "consumer_position": merger.position(s.topic, s.partition),
                     }
                     for s in merger.blocking

@@ -21,6 +21,8 @@ _FIELDS = ("event_id", "type", "contact_id", "anonymous_id", "occurred_at", "pro
 _CUSTOM_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 #: a property spec: name -> (accepted Python types, required)
 Spec = dict[str, tuple[Any, bool]]
+#: an event class and its well-known property checks as (name, accepted types, required)
+_Known = tuple[type, list[tuple[str, tuple[type, ...], bool]]]
 
 
 class FastDecoder:
@@ -33,15 +35,12 @@ class FastDecoder:
         custom: type,
         identify: type,
     ) -> None:
-        #: event type -> (class, its well-known property specs as (name, types, required))
-        self._known: dict[str, tuple[type, list[tuple[str, tuple[type, ...], bool]]]] = {}
+        #: event type -> its class and checks
+        self._known: dict[str, _Known] = {}
         for etype, kind in kinds.items():
             cls = class_of_kind[kind]
             self._known[etype] = (cls, _specs(cls))
-        self._custom: tuple[type, list[tuple[str, tuple[type, ...], bool]]] = (
-            custom,
-            _specs(custom),
-        )
+        self._custom: _Known = (custom, _specs(custom))
         self._identify = identify
 
     def decode(self, raw: bytes) -> Any:
@@ -131,7 +130,7 @@ def _set(obj: object, name: str, value: object) -> None:
 
 
 def _specs(cls: type) -> list[tuple[str, tuple[type, ...], bool]]:
-    props: dict[str, tuple[Any, bool]] = getattr(cls, "PROPS", {})
+    props: Spec = getattr(cls, "PROPS", {})
     out: list[tuple[str, tuple[type, ...], bool]] = []
     for name, (kinds, required) in props.items():
         out.append((name, kinds if isinstance(kinds, tuple) else (kinds,), required))

@@ -432,24 +432,7 @@ class Merger:
                     source.lag_since = now
                 quiet_since = max(source.lag_since, source.last_arrival, self._watching_since)
                 blocking = True
-                quiet = now - quiet_since
-                if quiet >= STALL_SECONDS:
-                    position = self.position(source.topic, source.partition)
-                    if position is None:
-                        pass  # unknown: the stall time alone decides
-                    elif position <= source.received:
-                        # Not handed over yet (its fetching lags, e.g. a worker short
-                        # of CPU on a backlog): a re-read would throw away what it has
-                        # fetched. It gets longer.
-                        source.ahead_since = 0.0
-                        if quiet < STALL_SECONDS * SLOW_FETCH_FACTOR:
-                            quiet = 0.0
-                    else:
-                        if source.ahead_since == 0.0:
-                            source.ahead_since = now
-                        if now - source.ahead_since < AHEAD_SECONDS:
-                            quiet = 0.0  # possibly on their way: wait for them
-                if quiet >= STALL_SECONDS:
+                if self._stalled(source, now - quiet_since, now):
                     if source.reread_at != high:
                         source.reread_at = high
                         source.lag_since = now
@@ -470,6 +453,28 @@ class Merger:
                 self._blocking.add(source)
             else:
                 self._blocking.discard(source)
+
+    def _stalled(self, source: Source, quiet: float, now: float) -> bool:
+        """Whether a source behind its end and quiet for ``quiet`` seconds is stuck.
+
+        The consumer's position decides how long it may stay quiet: unknown, the stall
+        time; still at the offset expected, SLOW_FETCH_FACTOR times that; past it, the
+        stall time and then AHEAD_SECONDS of staying past it.
+        """
+        if quiet < STALL_SECONDS:
+            return False
+        position = self.position(source.topic, source.partition)
+        if position is None:
+            return True
+        if position <= source.received:
+            # Not handed over yet (its fetching lags, e.g. a worker short of CPU on a
+            # backlog): a re-read would throw away what it has fetched.
+            source.ahead_since = 0.0
+            return quiet >= STALL_SECONDS * SLOW_FETCH_FACTOR
+        # Handed over: possibly still on its way to the merge, so it must stay past.
+        if source.ahead_since == 0.0:
+            source.ahead_since = now
+        return now - source.ahead_since >= AHEAD_SECONDS
 
     def rewind(self, source: Source, offset: int) -> None:
         """Read an input again from ``offset``: what its queue holds is dropped.
