@@ -1,6 +1,6 @@
 """One worker alone under steady live traffic: latency, its CPU, and what the merge waited.
 
-    .venv/bin/python bench/live_probe.py [RATE]   # default 5000 events/s, 20 s
+    .venv/bin/python bench/live_probe.py [RATE] [LINGER_MS]   # default 5000 events/s, 20 s, 5 ms
 
 Needs the local broker. Starts ``scorestream worker`` on fresh topics (nothing to
 catch up), sends RATE events/s with ``worker_bench.latency`` (every 8th event completes a
@@ -32,6 +32,7 @@ from scorestream.topics import apply, delete_prefixed, load_declarations
 
 def main() -> None:
     rate = float(sys.argv[1]) if len(sys.argv) > 1 else 5000.0
+    linger = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
     bootstrap = os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
     prefix = f"live-{uuid.uuid4().hex[:6]}-"
     settings = Settings(bootstrap=bootstrap, topic_prefix=prefix)
@@ -42,24 +43,38 @@ def main() -> None:
         while not wb.status(6099).get("partitions"):
             time.sleep(0.5)
         time.sleep(2)
-        pids = [str(proc.pid)]  # `worker --processes 1` runs in the process it starts
         samples: list[dict[str, float]] = []
         done = threading.Event()
 
+        def meter() -> dict[str, float]:
+            own = os.times()
+            busy, _ = wb.machine()
+            return {
+                "worker": wb.cpu_of(proc.pid),
+                "broker": wb.cpu_of(cmdline=b"kafka.Kafka"),
+                "producer": own.user + own.system,  # this process: producer and reader
+                "machine": busy,
+            }
+
         def sample() -> None:
-            before = {p: wb.cpu_seconds(p) for p in pids}
+            before = meter()
             began = time.time()
             while not done.wait(2.0):
-                after = {p: wb.cpu_seconds(p) for p in pids}
+                after = meter()
                 now = time.time()
-                samples.append({p: round((after[p] - before[p]) / (now - began), 2) for p in pids})
+                samples.append({n: round((after[n] - before[n]) / (now - began), 2) for n in after})
                 before, began = after, now
 
         threading.Thread(target=sample, daemon=True).start()
-        result = wb.latency(bootstrap, prefix, rate, 20)
+        result = wb.latency(bootstrap, prefix, rate, 20, linger_ms=linger)
         done.set()
         print(json.dumps(result))
-        print("worker CPU (cores) every 2 s:", samples)
+        print("CPU (cores) every 2 s:", samples)
+        steady = samples[1:-1] or samples  # the first and last spans include set-up and drain
+        print(
+            "mean CPU while sending (cores):",
+            {n: round(sum(x[n] for x in steady) / len(steady), 2) for n in steady[0]},
+        )
         with urllib.request.urlopen("http://127.0.0.1:6099/metrics", timeout=10) as resp:
             for line in resp.read().decode().splitlines():
                 if line.startswith(

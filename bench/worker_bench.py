@@ -348,9 +348,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(90)
 
 
-def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[str, float]:
+def latency(
+    bootstrap: str, prefix: str, rate: float, seconds: float, linger_ms: float = 5.0
+) -> dict[str, float]:
     """Steady traffic at ``rate``; every 8th event completes a probe contact's 4th pricing
-    visit (15 x 4 = 60 >= mql 50): produce-to-consume time of that crossing."""
+    visit (15 x 4 = 60 >= mql 50): produce-to-consume time of that crossing, from just
+    before the produce call (so a producer's linger counts)."""
     sent: dict[str, float] = {}
     latencies: list[float] = []
     stop = threading.Event()
@@ -382,42 +385,52 @@ def latency(bootstrap: str, prefix: str, rate: float, seconds: float) -> dict[st
         {
             "bootstrap.servers": bootstrap,
             "partitioner": "murmur2_random",
-            "linger.ms": 0,
+            "linger.ms": linger_ms,
             "enable.idempotence": True,
         }
     )
     total = int(rate * seconds)
-    # Generated before the clock starts (choosing among thousands of people is slow);
-    # each event gets its occurred_at when it is sent.
-    pregenerated = []
+    # The load generator shares this 2-core machine with the broker and the worker (in a
+    # deployment the trackers run elsewhere), so it does as little per event as it can:
+    # events generated and serialised before the clock starts, each with a placeholder
+    # for its occurred_at, which is stamped at send time from a per-second prefix.
+    placeholder = "@@occurred_at@@"
+    background = []
     for ev in Traffic(3000, seed=99, start_us=None, rate=rate):
-        pregenerated.append(ev)
-        if len(pregenerated) >= total:
-            break
-    background = iter(pregenerated)
-    began = time.monotonic()
-    probes: list[tuple[str, int]] = []
-    for i in range(total):
-        if i % 2 == 0:
-            if not probes or probes[-1][1] == 4:
-                probes.append((f"probe-{uuid.uuid4().hex[:10]}", 0))
-            contact, done = probes[-1]
-            probes[-1] = (contact, done + 1)
-            ev = {
-                "event_id": f"{contact}-{done}",
-                "type": "page_view",
-                "contact_id": contact,
-                "occurred_at": format_ts(int(time.time() * US_PER_SECOND)),
-                "properties": {"url": "/pricing"},
-            }
-            if done + 1 == 4:
-                sent[contact] = time.time()
-        else:
-            ev = next(background)
-            ev["occurred_at"] = format_ts(int(time.time() * US_PER_SECOND))
+        ev["occurred_at"] = placeholder
+        head, tail = json.dumps(ev).encode().split(placeholder.encode())
         key = (ev.get("contact_id") or ev["anonymous_id"]).encode()
-        prod.produce(prefix + topic_for(ev["type"]), json.dumps(ev).encode(), key)
-        prod.poll(0)
+        background.append((prefix + topic_for(ev["type"]), key, head, tail))
+        if len(background) >= total // 2 + 1:
+            break
+    views = prefix + topic_for("page_view")
+    second, stamp = -1, ""
+    produce, poll = prod.produce, prod.poll
+    began = time.monotonic()
+    contact, done = "", 4
+    for i in range(total):
+        now = time.time()
+        if int(now) != second:
+            second = int(now)
+            stamp = format_ts(second * US_PER_SECOND)[:-1]  # "...:ss" without the "Z"
+        occurred = f"{stamp}.{int((now - second) * US_PER_SECOND):06d}Z".encode()
+        if i % 2 == 0:
+            if done == 4:
+                contact, done = f"probe-{uuid.uuid4().hex[:10]}", 0
+            value = (
+                f'{{"event_id": "{contact}-{done}", "type": "page_view", '
+                f'"contact_id": "{contact}", "occurred_at": "{occurred.decode()}", '
+                f'"properties": {{"url": "/pricing"}}}}'
+            ).encode()
+            done += 1
+            if done == 4:
+                sent[contact] = now
+            produce(views, value, contact.encode())
+        else:
+            topic, key, head, tail = background[i // 2]
+            produce(topic, head + occurred + tail, key)
+        if i % 64 == 0:
+            poll(0)
         # Paced against the schedule, sleeping only when a millisecond ahead of it: a
         # sleep per event caps a Python loop near 1,000 events/s.
         ahead = began + (i + 1) / rate - time.monotonic()
@@ -463,6 +476,13 @@ def main() -> None:
         help="comma-separated steady rates (events/s) for the latency runs, one after another",
     )
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=5.0,
+        help="linger.ms of the latency phases' producer (5: librdkafka's default; the "
+        "time it lingers counts in the latency)",
+    )
     parser.add_argument(
         "--bootstrap", default=os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
     )
@@ -557,7 +577,7 @@ def main() -> None:
             if quix is not None:
                 print(f"scorestream worker / quix-streams peer: {ours / quix:.2f}")
             for rate in (float(r) for r in args.rates.split(",") if r.strip()):
-                lat = latency(args.bootstrap, prefix, rate, args.seconds)
+                lat = latency(args.bootstrap, prefix, rate, args.seconds, args.linger)
                 print(
                     f"latency at {lat['achieved_rate']:,.0f} events/s for {args.seconds:.0f} s: "
                     f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "

@@ -132,6 +132,14 @@ class Settings:
             "costs the broker and the workers less CPU"
         },
     )
+    fetch_max_wait_ms: int = field(
+        default=50,
+        metadata={
+            "doc": "milliseconds the broker may hold the worker's fetch request waiting for "
+            "data: it bounds how long records of busy partitions can wait behind a fetch "
+            "of quiet ones (README, Benchmarks)"
+        },
+    )
     rescore_hold: float = field(
         default=300.0,
         metadata={
