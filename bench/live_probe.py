@@ -75,10 +75,20 @@ def main() -> None:
             "mean CPU while sending (cores):",
             {n: round(sum(x[n] for x in steady) / len(steady), 2) for n in steady[0]},
         )
+        rss = [
+            line.split()[1]
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")
+        ]
+        print("worker resident memory (kB):", rss[0] if rss else "?")
         with urllib.request.urlopen("http://127.0.0.1:6099/metrics", timeout=10) as resp:
             for line in resp.read().decode().splitlines():
                 if line.startswith(
-                    ("scorestream_merge_wait_seconds_total", "scorestream_late_events_total")
+                    (
+                        "scorestream_merge_wait_seconds_total",
+                        "scorestream_late_events_total",
+                        "scorestream_gc_pause_seconds_total",
+                    )
                 ):
                     print(line)
     finally:

@@ -58,6 +58,7 @@ class Metrics(NamedTuple):
     identify_awaited: Gauge
     identify_timeouts: Counter
     gc_frozen: Gauge
+    gc_pauses: Counter
     rules_info: Gauge
     rules_switches: Counter
     rules_rejected: Counter
@@ -214,6 +215,12 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         gc_frozen=Gauge(
             "scorestream_gc_frozen_objects",
             "Objects moved out of the cyclic garbage collector's scans (long-lived state)",
+            registry=reg,
+        ),
+        gc_pauses=Counter(
+            "scorestream_gc_pause_seconds",
+            "Seconds the cyclic garbage collector held the process, per generation",
+            ["generation"],
             registry=reg,
         ),
         rules_info=Gauge(
