@@ -103,6 +103,7 @@ class Outputs:
         self._errors: list[str] = []
         self._changelog_next: dict[int, int] = {}
         self._since_poll = 0
+        self._crossing_counters: dict[tuple[str, str, str], Any] = {}
 
     # -- emitter
 
@@ -111,7 +112,13 @@ class Outputs:
         self.produce(
             self._leads, crossing.contact_id.encode(), json.dumps(crossing.to_dict()).encode()
         )
-        self.metrics.crossings.labels(crossing.model, crossing.threshold, crossing.direction).inc()
+        labels = (crossing.model, crossing.threshold, crossing.direction)
+        counter = self._crossing_counters.get(labels)
+        if counter is None:
+            # labels() takes a lock and checks its arguments on every call: once per
+            # combination is enough (a plan has a handful).
+            counter = self._crossing_counters[labels] = self.metrics.crossings.labels(*labels)
+        counter.inc()
 
     def dlq(self, record: dict[str, Any]) -> None:
         """An invalid input to ``events.dlq``."""

@@ -807,11 +807,12 @@ def main(args: argparse.Namespace) -> int:
         "compiled engine" if scorestream.compiled() else "pure-Python engine",
     )
     worker = faust.Worker(runtime.app, loglevel=settings.log_level.upper(), logfile=None)
-    # Faust's start-up spinner sets the root logger to DEBUG (so that every log record
-    # turns it) and leaves it there: every debug call of aiokafka, Faust and mode then
-    # built a record (a stack walk included) that the handler dropped. py-spy at 5,000
-    # events/s: a fifth of the consumer thread's busy time, one record per partition per
-    # fetch. Without the spinner the root logger keeps the level set above.
+    # At level warning or above, Faust's start-up spinner sets the root logger to DEBUG
+    # (so that every log record turns it) and leaves it there: every debug call of
+    # aiokafka, Faust and mode then built a record (a stack walk included) that the
+    # handler dropped. py-spy at 5,000 events/s: a fifth of the consumer thread's busy
+    # time, one record per partition per fetch. Without the spinner the root logger keeps
+    # the level set above.
     worker.spinner = None
     code = EXIT_FAILURE
     try:
