@@ -70,7 +70,7 @@ FREEZE_EVERY = 30.0
 #: 36 times a second at 5,000 events/s and a full one every 2-5 s (each 0.05-0.27 s, since
 #: the states cached since the last freeze are scanned): 6-10 % of the time, in pauses the
 #: latency tail waits behind. With these: 1 % and no full collection in 20 s, p50 and p99
-#: at 5,000 events/s down by about a third (README, Benchmarks). Young cyclic garbage is
+#: at 5,000 events/s down by a fifth to a third (README, Benchmarks). Young cyclic garbage is
 #: still collected by the first two generations; what reaches the oldest is frozen with
 #: the rest at the next freeze (FREEZE_EVERY), as before (scorestream_gc_frozen_objects).
 GC_THRESHOLDS = (20_000, 50, 100)
@@ -139,6 +139,8 @@ class Runtime:
         self._ckpt_lock = asyncio.Lock()
         self._paused: set[TP] = set()
         self._frozen = False
+        #: the collector's pause timer (set by main; None in tests that build a Runtime)
+        self.gc_watch: GcWatch | None = None
         self._frozen_at = time.monotonic()
         self._exported = {"late": 0, "waited": 0.0, "timeouts": 0, "stalls": 0}
         self._exported_rejected = 0
@@ -407,6 +409,8 @@ class Runtime:
         """Bring the Prometheus metrics up to date with the processor's counters."""
         proc = self.processor
         m = self.metrics
+        if self.gc_watch is not None:
+            self.gc_watch.export(m)
         for (topic, outcome), n in proc.take_counts().items():
             m.events.labels(self.topology.real(topic), outcome).inc(n)
         merger = proc.merger
@@ -578,12 +582,12 @@ class Runtime:
 
         aiokafka sends nothing to a broker while a fetch to it is in flight, and after
         ``prefetch_backoff`` (0.1 s) of records not yet taken it fetches only the other
-        partitions. When those are quiet ones (the repartition topic of a lone worker, an
-        unused event type), the broker holds that fetch for the whole wait, and every busy
-        partition waits behind it. Traced at 5,000 events/s: fetches of just those 12 of
-        42 partitions (a lone worker's repartition topic and an unused event type) came
-        back empty after 1.5 s, with no batch meanwhile, and the p99 went to 2 s. Set on
-        the fetcher after start: it reads the value for every request it builds.
+        partitions. When those are all quiet, the broker holds that fetch for the whole
+        wait, and every busy partition waits behind it. Traced at 5,000 events/s: fetches
+        of just 12 of 42 partitions (a lone worker's repartition topic and an unused event
+        type) came back empty after 1.5 s, with no batch meanwhile, and the p99 went to
+        2 s. Set on the fetcher after start: it reads the value for every request it
+        builds.
         """
         try:
             consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
@@ -755,19 +759,36 @@ class Runtime:
                 self.metrics.consumer_lag.labels(real(topic), str(number)).set(lag)
 
 
-def watch_gc(metrics: metrics_mod.Metrics) -> None:
-    """Count the cyclic collector's pauses per generation (scorestream_gc_pause_seconds)."""
-    began = [0.0]
-    pauses = [metrics.gc_pauses.labels(str(g)) for g in range(3)]
-    clock = time.perf_counter
+class GcWatch:
+    """Times the cyclic collector's pauses per generation (scorestream_gc_pause_seconds).
 
-    def callback(phase: str, info: dict[str, int]) -> None:
+    The callback only adds to plain floats: a Prometheus counter takes a lock, and a
+    collection can start while this thread holds that very lock (a scrape reading it).
+    :meth:`export` moves the sums to the metric (the worker's tick, every second).
+    """
+
+    def __init__(self) -> None:
+        self.pending = [0.0, 0.0, 0.0]
+        self._began = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            began[0] = clock()
+            self._began = time.perf_counter()
         else:
-            pauses[info["generation"]].inc(clock() - began[0])
+            self.pending[info["generation"]] += time.perf_counter() - self._began
 
-    gc.callbacks.append(callback)
+    def export(self, metrics: metrics_mod.Metrics) -> None:
+        """Add the pauses timed since the last export to the metric."""
+        for generation, seconds in enumerate(self.pending):
+            if seconds:
+                self.pending[generation] -= seconds
+                metrics.gc_pauses.labels(str(generation)).inc(seconds)
+
+    def close(self) -> None:
+        """Stop timing."""
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -796,7 +817,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     gc.set_threshold(*GC_THRESHOLDS)
     runtime = Runtime(settings, rules, topology)
-    watch_gc(runtime.metrics)
+    runtime.gc_watch = GcWatch()
     log.info(
         "rules %s (%s), %d partitions, HTTP on %s:%d, %s",
         settings.rules,
