@@ -133,7 +133,7 @@ class Settings:
         },
     )
     fetch_max_wait_ms: int = field(
-        default=50,
+        default=200,
         metadata={
             "doc": "milliseconds the broker may hold the worker's fetch request waiting for "
             "data: it bounds how long records of busy partitions can wait behind a fetch "
