@@ -413,13 +413,13 @@ def latency(
         if int(now) != second:
             second = int(now)
             stamp = format_ts(second * US_PER_SECOND)[:-1]  # "...:ss" without the "Z"
-        occurred = f"{stamp}.{int((now - second) * US_PER_SECOND):06d}Z".encode()
+        occurred = f"{stamp}.{int((now - second) * US_PER_SECOND):06d}Z"
         if i % 2 == 0:
             if done == 4:
                 contact, done = f"probe-{uuid.uuid4().hex[:10]}", 0
             value = (
                 f'{{"event_id": "{contact}-{done}", "type": "page_view", '
-                f'"contact_id": "{contact}", "occurred_at": "{occurred.decode()}", '
+                f'"contact_id": "{contact}", "occurred_at": "{occurred}", '
                 f'"properties": {{"url": "/pricing"}}}}'
             ).encode()
             done += 1
@@ -428,7 +428,7 @@ def latency(
             produce(views, value, contact.encode())
         else:
             topic, key, head, tail = background[i // 2]
-            produce(topic, head + occurred + tail, key)
+            produce(topic, head + occurred.encode() + tail, key)
         if i % 64 == 0:
             poll(0)
         # Paced against the schedule, sleeping only when a millisecond ahead of it: a

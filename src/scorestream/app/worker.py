@@ -171,6 +171,11 @@ class Runtime:
             return None
         return None if value is None else int(value)
 
+    def _aiokafka(self) -> Any:
+        """The aiokafka consumer inside Faust's consumer thread (private to both: the
+        callers handle its absence)."""
+        return self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+
     def _position(self, topic: str, partition: int) -> int | None:
         """aiokafka's position of a partition: the next offset it will hand over.
 
@@ -179,8 +184,8 @@ class Runtime:
         little sooner or later). None when unknown.
         """
         try:
-            consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
-            state = consumer._subscription.subscription.assignment.state_value(TP(topic, partition))
+            assignment = self._aiokafka()._subscription.subscription.assignment
+            state = assignment.state_value(TP(topic, partition))
             return int(state.position) if state.has_valid_position else None
         except Exception:  # the consumer is (re)starting or the partition went: unknown
             return None
@@ -590,8 +595,7 @@ class Runtime:
         builds.
         """
         try:
-            consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
-            consumer._fetcher._fetch_max_wait_ms = self.settings.fetch_max_wait_ms
+            self._aiokafka()._fetcher._fetch_max_wait_ms = self.settings.fetch_max_wait_ms
         except AttributeError:  # another aiokafka or Faust: keep their wait, but say so
             log.warning("could not set the consumer's fetch wait; Faust's 1.5 s applies")
 
