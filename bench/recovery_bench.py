@@ -4,11 +4,14 @@
 
 Needs the local broker (`scorestream broker start`). Fills a fresh changelog topic with
 one record per contact (real states: simulated B2B traffic scored by the engine, cycled
-to reach ``--contacts`` keys; about 10% of them with something due), then, in the same
-run and in turn:
+to reach ``--contacts`` keys; about 10% of them with something due), written as the
+worker's checkpoints write it (see :func:`fill`), then, in the same run and in turn,
+with the worker's GC thresholds:
 
 * baseline: a bare confluent-kafka loop reading every partition of that topic (the
-  records' keys, values and headers touched), the ceiling of any recovery;
+  records' keys, values and headers touched);
+* the same bare loop reading the partitions one after another, as the worker recovers
+  them (faster here than all at once): the ceiling of the worker's recovery;
 * the worker's recovery of every partition as it does at assignment (its changelog
   reader, ``recover`` into a fresh RocksDB store per partition, then the timer index
   the processor rebuilds from the store), partitions one after another;
@@ -39,14 +42,16 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from scorestream import clients  # noqa: E402
 from scorestream.app.kafka import Offsets, Topology  # noqa: E402
 from scorestream.app.rocks import RocksStore  # noqa: E402
+from scorestream.app.worker import GC_THRESHOLDS  # noqa: E402
 from scorestream.engine.rules import load_rules  # noqa: E402
 from scorestream.engine.scorer import Engine  # noqa: E402
 from scorestream.engine.state import ContactState  # noqa: E402
 from scorestream.engine.timeutil import parse_ts  # noqa: E402
 from scorestream.offline import score_lines  # noqa: E402
-from scorestream.pipeline.checkpoint import GENERATION_HEADER, recover  # noqa: E402
+from scorestream.pipeline.checkpoint import CHUNK, GENERATION_HEADER, recover  # noqa: E402
 from scorestream.pipeline.routing import partition_for  # noqa: E402
 from scorestream.pipeline.store import decode_value, encode_value  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
@@ -66,34 +71,38 @@ def sample_states(rules_path: Path) -> list[ContactState]:
 
 
 def fill(bootstrap: str, topic: str, partitions: int, contacts: int) -> int:
+    """Write the changelog as a worker's checkpoints write it.
+
+    The worker's producer settings (lz4 batches), and per checkpoint chunk of
+    ``CHUNK`` states of one partition a flush before the next: so the topic holds record
+    batches of the size recovery meets in production. (Produced slowly with a linger
+    instead, the batches were about 30 records and uncompressed, and reading them cost a
+    bare consumer three times as much as batches of hundreds.)
+    """
     states = sample_states(ROOT / "rules" / "b2b.yaml")
     values = [s.to_bytes() for s in states]
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True}
-    )
+    producer = Producer(clients.output_producer(Settings(bootstrap=bootstrap)))
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(partitions)}
     size = 0
     for i in range(contacts):
         key = f"c-{i:09d}".encode()
         due = -1 if i % 10 else 1_800_000_000_000_000 + i  # 10% with a timer due
         value = due.to_bytes(8, "big", signed=True) + values[i % len(values)]
         size += len(value)
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    value,
-                    key,
-                    partition=partition_for(key.decode(), partitions),
-                    headers=[(GENERATION_HEADER, b"1")],
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
+        by_partition[partition_for(key.decode(), partitions)].append((key, value))
+    header = [(GENERATION_HEADER, b"1")]
+    for p, items in by_partition.items():
+        for start in range(0, len(items), CHUNK):
+            assert producer.flush(60) == 0
+            for key, value in items[start : start + CHUNK]:
+                producer.produce(topic, value, key, partition=p, headers=header)
     assert producer.flush(120) == 0
     return size // contacts
 
 
-def baseline(bootstrap: str, topic: str, partitions: int) -> float:
+def baseline(bootstrap: str, topic: str, partitions: int, serial: bool) -> float:
+    """A bare consume loop over the topic: every partition at once, or one after another
+    (as the worker recovers them; one consumer, watermark lookups not timed)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -102,21 +111,23 @@ def baseline(bootstrap: str, topic: str, partitions: int) -> float:
             "enable.partition.eof": False,
         }
     )
-    ends = [
-        consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-        for p in range(partitions)
-    ]
-    started = time.perf_counter()
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    seen = [0] * partitions
-    total, n, touched = sum(ends), 0, 0
-    while n < total:
-        for msg in consumer.consume(num_messages=min(5000, total - n), timeout=0.1):
-            seen[msg.partition()] += 1
-            touched += len(msg.key() or b"") + len(msg.value() or b"")
-            touched += len(msg.headers() or ())
-            n += 1
-    elapsed = time.perf_counter() - started
+    groups = [[p] for p in range(partitions)] if serial else [list(range(partitions))]
+    n, touched, elapsed = 0, 0, 0.0
+    for group in groups:
+        total = sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in group
+        )
+        started = time.perf_counter()
+        consumer.assign([TopicPartition(topic, p, 0) for p in group])
+        got = 0
+        while got < total:
+            for msg in consumer.consume(num_messages=min(5000, total - got), timeout=0.1):
+                touched += len(msg.key() or b"") + len(msg.value() or b"")
+                touched += len(msg.headers() or ())
+                got += 1
+        elapsed += time.perf_counter() - started
+        consumer.unassign()
+        n += got
     consumer.close()
     return n / elapsed
 
@@ -179,12 +190,16 @@ def main() -> None:
         )
         settings = Settings(bootstrap=args.bootstrap, topic_prefix=prefix)
         topo = Topology(prefix, args.partitions)
-        base = baseline(args.bootstrap, topic, args.partitions)
+        # The worker's collector thresholds (its process sets them at start-up).
+        gc.set_threshold(*GC_THRESHOLDS)
+        base = baseline(args.bootstrap, topic, args.partitions, serial=False)
+        base_serial = baseline(args.bootstrap, topic, args.partitions, serial=True)
         serial, due = worker_recovery(settings, topo, args.partitions, parallel=False)
         para, _ = worker_recovery(settings, topo, args.partitions, parallel=True)
         print(f"{'recovery':<58}{'contacts/s':>12}{'x baseline':>12}")
         for name, rate in (
             ("baseline: confluent-kafka consume loop", base),
+            ("bare loop, partitions one after another", base_serial),
             ("worker: changelog -> RocksDB + timer index, one by one", serial),
             ("worker: the same, partitions in parallel threads", para),
         ):

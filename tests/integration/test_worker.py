@@ -92,12 +92,18 @@ def test_the_worker_gives_the_same_scores_and_crossings_as_score(
 ) -> None:
     raws = simulated(500, people=40, seed=7, start="2026-03-01T08:00:00Z", step_s=600)
     end = parse_ts(raws[-1]["occurred_at"]) + 3600 * US_PER_SECOND
-    worker = WorkerProc(
-        "w", kafka_bootstrap, topic_prefix, tmp_path / "state", B2B, EVENT_TIME_ONLY
-    )
+    # A fetch wait that is neither aiokafka's nor Faust's default: /status reads back
+    # what the consumer's fetcher uses.
+    env = {**EVENT_TIME_ONLY, "SCORESTREAM_FETCH_MAX_WAIT_MS": "170"}
+    worker = WorkerProc("w", kafka_bootstrap, topic_prefix, tmp_path / "state", B2B, env)
     worker.start()
     try:
         worker.wait_ready()
+        deadline = time.monotonic() + 30
+        while worker.status().get("consumer", {}).get("fetch_max_wait_ms") is None:
+            assert time.monotonic() < deadline, worker.status()
+            time.sleep(0.2)
+        assert worker.status()["consumer"] == {"fetch_max_wait_ms": 170}
         batches = rounds(raws)
         assert len(batches) < len(raws) / 2  # rounds do group events
         for batch in batches:

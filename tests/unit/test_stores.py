@@ -108,6 +108,26 @@ def test_recovery_writes_records_and_tombstones(store: CachedStore) -> None:
     assert store.meta() == {"changelog_offset": 3}
 
 
+def test_recovery_keeps_the_latest_record_of_a_key_within_one_batch(store: CachedStore) -> None:
+    """A put then a tombstone of one key (and the reverse) in one recovery batch: the
+    later record wins, value and due index alike, as in the compacted topic."""
+    store.apply_changelog(
+        [
+            (b"c-1", encode_value(state("c-1", 1), 10)),
+            (b"c-2", None),
+            (b"c-1", None),
+            (b"c-2", encode_value(state("c-2", 2), 20)),
+            (b"c-3", encode_value(state("c-3", 3), 30)),
+        ],
+        {"changelog_offset": 5},
+    )
+    store.drop_cache()
+    assert store.get("c-1") is None
+    assert store.get("c-2") == state("c-2", 2)
+    assert sorted(store.dues()) == [("c-2", 20), ("c-3", 30)]
+    assert store.meta() == {"changelog_offset": 5}
+
+
 def test_the_due_index_follows_writes_recovery_and_tombstones(store: CachedStore) -> None:
     def value(key: str, due: int | None) -> tuple[bytes, bytes]:
         return key.encode(), encode_value(state(key, 1), due)

@@ -474,6 +474,9 @@ class Runtime:
                 "records_parked": proc.parked,
             },
             "rules_version": proc.engine.rules.version,
+            # read back from aiokafka's fetcher: shows that the setting took (None:
+            # the consumer is not running, or it is not one this worker can tune)
+            "consumer": {"fetch_max_wait_ms": self._fetch_wait()},
             "rescore": self.handover.status(),
             "plans_pending": [
                 {"version": version, "effective_at": format_ts(at)}
@@ -598,6 +601,13 @@ class Runtime:
             self._aiokafka()._fetcher._fetch_max_wait_ms = self.settings.fetch_max_wait_ms
         except AttributeError:  # another aiokafka or Faust: keep their wait, but say so
             log.warning("could not set the consumer's fetch wait; Faust's 1.5 s applies")
+
+    def _fetch_wait(self) -> int | None:
+        """The fetch wait aiokafka's fetcher uses now (see :meth:`_tune_fetcher`)."""
+        try:
+            return int(self._aiokafka()._fetcher._fetch_max_wait_ms)
+        except Exception:  # not started, restarting, or another aiokafka: unknown
+            return None
 
     def _recover(self, partition: int) -> tuple[RocksStore, int]:
         """Bring a partition's RocksDB up to the changelog's end (runs in a thread)."""
