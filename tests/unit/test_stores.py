@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,3 +187,52 @@ def test_the_scratch_store_keeps_objects_and_never_marks_them() -> None:
     assert scratch.take_dirty() == []
     assert [s.key for s in scratch.states()] == ["c-1", "c-2"]
     assert scratch.cached == 2
+
+
+_CRASH_AFTER_RECOVERY = """
+import os, sys
+from pathlib import Path
+from scorestream.app.rocks import RocksStore
+from scorestream.engine.state import ContactState
+from scorestream.pipeline.store import encode_value
+
+def value(key, clock, due):
+    s = ContactState(key)
+    s.clock = clock
+    return key.encode(), encode_value(s, due)
+
+store = RocksStore(Path(sys.argv[1]), block_cache_mb=8)
+if sys.argv[2] == "checkpoint":
+    store.write([value("a", 1, 11)], {"changelog_offset": 3})  # logged
+else:
+    store.apply_changelog([value("b", 2, 22), value("c", 3, None)], {"changelog_offset": 10})
+    if sys.argv[2] == "synced":
+        store.sync()
+os._exit(0)  # no close, no flush: a kill -9
+"""
+
+
+@pytest.mark.parametrize("synced", [False, True])
+def test_a_recovery_killed_before_sync_leaves_the_store_as_before_it(
+    tmp_path: Path, synced: bool
+) -> None:
+    """Recovery writes skip RocksDB's log until ``sync``: a process killed before it
+    reopens with the store as it was before the recovery (metadata, values and due index
+    alike), so recovery starts again from there; killed after it, everything is there."""
+    path = tmp_path / "p0"
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASH_AFTER_RECOVERY)
+    for step in ("checkpoint", "synced" if synced else "recovery"):
+        subprocess.run([sys.executable, str(script), str(path), step], check=True, timeout=60)
+    store = RocksStore(path, block_cache_mb=8)
+    try:
+        if synced:
+            assert store.meta() == {"changelog_offset": 10}
+            assert sorted(store.keys()) == ["a", "b", "c"]
+            assert sorted(store.dues()) == [("a", 11), ("b", 22)]
+        else:
+            assert store.meta() == {"changelog_offset": 3}
+            assert store.keys() == ["a"]
+            assert sorted(store.dues()) == [("a", 11)]
+    finally:
+        store.close()

@@ -220,6 +220,8 @@ def recover(
         meta = {"changelog_offset": max(position, start), "generation": newest_generation}
         store.apply_changelog(pending, meta)
         applied += len(pending)
+    # Before anything else is written: recovery's writes may have skipped the log.
+    store.sync()
     if applied:
         store.drop_cache()
     return applied

@@ -74,7 +74,13 @@ class StateStore(Protocol):
     def apply_changelog(
         self, records: list[tuple[bytes, bytes | None]], meta: dict[str, Any]
     ) -> None:
-        """Recovery: write changelog records (None = tombstone) and the metadata."""
+        """Recovery: write changelog records (None = tombstone) and the metadata.
+
+        May be kept from disk until :meth:`sync` (the changelog has them all anyway).
+        """
+
+    def sync(self) -> None:
+        """Make what recovery wrote durable (called when a recovery ends)."""
 
     def meta(self) -> dict[str, Any]:
         """What the last write recorded; empty for a new store."""
@@ -124,8 +130,13 @@ class CachedStore(ABC):
         deletes: list[bytes],
         due_puts: list[tuple[bytes, bytes]],
         due_deletes: list[bytes],
+        logged: bool = True,
     ) -> None:
-        """Apply puts and deletes of values and of the due index, atomically."""
+        """Apply puts and deletes of values and of the due index, atomically.
+
+        ``logged=False`` (recovery) may skip the write-ahead log: such writes are
+        durable only after :meth:`sync`.
+        """
 
     @abstractmethod
     def _items(self) -> Iterator[tuple[bytes, bytes]]: ...
@@ -134,7 +145,9 @@ class CachedStore(ABC):
     def _due_items(self) -> Iterator[tuple[bytes, bytes]]:
         """The due index: (key, 8-byte due) for the contacts with something due."""
 
-    def _put_all(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+    def _put_all(
+        self, puts: list[tuple[bytes, bytes]], deletes: list[bytes], logged: bool = True
+    ) -> None:
         """Write values and keep the due index in step, in one atomic write."""
         due_puts: list[tuple[bytes, bytes]] = []
         due_deletes = list(deletes)
@@ -147,7 +160,7 @@ class CachedStore(ABC):
                 due_deletes.append(key)
             else:
                 due_puts.append((key, prefix))
-        self._write(puts, deletes, due_puts, due_deletes)
+        self._write(puts, deletes, due_puts, due_deletes, logged)
 
     # -- state access
 
@@ -255,7 +268,7 @@ class CachedStore(ABC):
                 due_puts.append((key, prefix))
         else:
             puts.append((META_KEY, json.dumps(meta).encode()))
-            self._write(puts, deletes, due_puts, due_deletes)
+            self._write(puts, deletes, due_puts, due_deletes, logged=False)
             return
         # With tombstones the batch's deletes and puts of one key must not be reordered
         # (a write batch here applies all deletes first): keep each key's latest record.
@@ -263,7 +276,11 @@ class CachedStore(ABC):
         puts = [(k, v) for k, v in latest.items() if v is not None]
         deletes = [k for k, v in latest.items() if v is None]
         puts.append((META_KEY, json.dumps(meta).encode()))
-        self._put_all(puts, deletes)
+        self._put_all(puts, deletes, logged=False)
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Make what recovery wrote durable."""
 
     def meta(self) -> dict[str, Any]:
         """What the last write recorded (changelog offset, ...); empty for a new store."""
@@ -307,12 +324,16 @@ class MemoryStore(CachedStore):
     def _load(self, key: bytes) -> bytes | None:
         return self._data.get(key)
 
+    def sync(self) -> None:
+        """Nothing to do: the bytes live in memory."""
+
     def _write(
         self,
         puts: list[tuple[bytes, bytes]],
         deletes: list[bytes],
         due_puts: list[tuple[bytes, bytes]],
         due_deletes: list[bytes],
+        logged: bool = True,
     ) -> None:
         for key in deletes:
             self._data.pop(key, None)
