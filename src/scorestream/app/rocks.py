@@ -39,7 +39,8 @@ def _options(block_cache_mb: int) -> rocksdict.Options:
 
 #: recovery's writes: the changelog they come from is their log (RocksStore.sync)
 _UNLOGGED = rocksdict.WriteOptions()
-_UNLOGGED.disable_wal = True
+# A property at run time; rocksdict's stubs call it a method.
+_UNLOGGED.disable_wal = True  # type: ignore[method-assign,assignment]
 
 #: column family of the due index (see scorestream.pipeline.store)
 DUES_CF = "dues"
