@@ -6,9 +6,17 @@ Tests build a fresh :class:`CollectorRegistry` and read values back with
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+#: how prometheus_client writes a bucket bound (untyped there)
+_go_float = cast(Callable[[float], str], floatToGoString)
 
 _LATENCY_BUCKETS = (
     0.0001,
@@ -28,6 +36,62 @@ _LATENCY_BUCKETS = (
 _CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class BatchHistogram(Collector):
+    """A histogram observed a batch at a time, exposed like prometheus_client's own.
+
+    ``Histogram.observe`` takes a lock and costs about 2 µs; the worker observes the
+    delay of every event it applies, which made that one metric several per cent of
+    its work per event. Observed from one thread (the worker's event loop); a scrape
+    from another thread may see a batch half counted, never a count lost.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Iterable[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = sorted(float(b) for b in buckets)
+        #: one count per bucket (value <= bound), then the values above every bound
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        """Count every value of ``values`` (one pass, no lock)."""
+        counts = self._counts
+        bounds = self._bounds
+        total = self._sum  # added one value at a time, as Histogram does: the same sum
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+            total += value
+        self._sum = total
+
+    def observe(self, value: float) -> None:
+        """Count one value."""
+        self.observe_many((value,))
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        """The metric's name and help (for the registry's duplicate check)."""
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        """Cumulative buckets, ``+Inf``, count and sum, as prometheus_client writes them."""
+        counts = list(self._counts)
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self._bounds, counts, strict=False):
+            running += count
+            buckets.append((_go_float(bound), running))
+        buckets.append(("+Inf", running + counts[-1]))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=self._sum
+        )
+
+
 class Metrics(NamedTuple):
     """All metrics of one worker."""
 
@@ -36,7 +100,7 @@ class Metrics(NamedTuple):
     dlq: Counter
     crossings: Counter
     processing: Histogram
-    event_delay: Histogram
+    event_delay: BatchHistogram
     checkpoints: Counter
     checkpoint_seconds: Histogram
     checkpoint_records: Counter
@@ -97,7 +161,7 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         ),
-        event_delay=Histogram(
+        event_delay=BatchHistogram(
             "scorestream_event_delay_seconds",
             "Wall-clock time between an event's occurred_at and its processing",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 86400),

@@ -265,9 +265,9 @@ class Runtime:
         self.outputs.poll()
 
     def _observe_delays(self, now: float) -> None:
-        observe = self.metrics.event_delay.observe
-        for ts in self.processor.take_applied_times():
-            observe(now - ts / US_PER_SECOND)
+        times = self.processor.take_applied_times()
+        if times:
+            self.metrics.event_delay.observe_many([now - ts / US_PER_SECOND for ts in times])
 
     async def pump(self) -> None:
         """Look again at what the merge waits for; apply what it then releases."""
