@@ -130,6 +130,25 @@ def test_recovery_keeps_the_latest_record_of_a_key_within_one_batch(store: Cache
     assert store.meta() == {"changelog_offset": 5}
 
 
+def test_recovery_keeps_the_latest_due_time_of_a_key_within_one_batch(
+    store: CachedStore,
+) -> None:
+    """A contact with a timer due, then none (it fired), in one recovery batch: the
+    due index must not keep the old time (and the reverse must keep the new one)."""
+    store.apply_changelog(
+        [
+            (b"c-1", encode_value(state("c-1", 1), 10)),
+            (b"c-2", encode_value(state("c-2", 1), None)),
+            (b"c-1", encode_value(state("c-1", 2), None)),
+            (b"c-2", encode_value(state("c-2", 2), 20)),
+        ],
+        {"changelog_offset": 4},
+    )
+    store.drop_cache()
+    assert sorted(store.dues()) == [("c-2", 20)]
+    assert store.get("c-1") == state("c-1", 2)
+
+
 def test_the_due_index_follows_writes_recovery_and_tombstones(store: CachedStore) -> None:
     def value(key: str, due: int | None) -> tuple[bytes, bytes]:
         return key.encode(), encode_value(state(key, 1), due)
