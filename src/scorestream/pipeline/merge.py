@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from scorestream.pipeline.records import Key, Record
+from scorestream.pipeline.records import Key, Record, stream_id
 
 #: (topic, partition) -> high-water mark (next offset to be written), None if unknown
 HighWater = Callable[[str, int], int | None]
@@ -96,6 +96,7 @@ class Source:
         "received",
         "reread_at",
         "skipped_at",
+        "stream",
         "topic",
     )
 
@@ -113,6 +114,9 @@ class Source:
         self.name = name or topic
         self.rank = rank
         self.partition = partition
+        #: the stream of every event read from here (see scorestream.pipeline.records):
+        #: made once, not per record
+        self.stream = stream_id(partition, partition, rank)
         #: next offset expected from Kafka
         self.received = received
         #: the queue this source alone feeds (input topics); None for the repartition topic

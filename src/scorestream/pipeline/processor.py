@@ -460,6 +460,7 @@ class Processor:
             topic=topic,
             offset=offset,
             anchor=(partition, topic, offset),
+            stream=source.stream,
         )
         self.merger.push(source.queue, record)  # type: ignore[arg-type]
         self.merger.arrived(source, offset, now)

@@ -70,6 +70,7 @@ class Record:
         "raw",
         "reason",
         "sender",
+        "stream_",
         "to",
         "topic",
     )
@@ -91,6 +92,7 @@ class Record:
         merge_id: str = "",
         payload: bytes | None = None,
         reason: str = "",
+        stream: str = "",
     ) -> None:
         self.kind = kind
         self.key = key
@@ -114,12 +116,17 @@ class Record:
         #: STATE: the anonymous state's bytes (None: nothing to merge)
         self.payload = payload
         self.reason = reason
+        #: the stream, when the creator knows it (input events: their source's); else it
+        #: is derived on each use, since a record's sender may change until it is sent
+        self.stream_ = stream
         #: the partition whose queue holds the record (set when it is queued)
         self.part = -1
 
     @property
     def stream(self) -> str:
         """The record's stream (see the module docstring)."""
+        if self.stream_:
+            return self.stream_
         key = self.key
         return stream_id(self.sender, key[2], key[1], key[4])
 
