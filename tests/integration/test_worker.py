@@ -7,6 +7,7 @@ import base64
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,59 @@ def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
         wait_processed(kafka_bootstrap, topic_prefix, [worker])
         time.sleep(1.0)
         assert_same_as_offline([worker], kafka_bootstrap, topic_prefix, raws + heartbeats(end), end)
+    finally:
+        worker.stop()
+
+
+def test_a_worker_killed_after_recovering_a_lost_disk_keeps_what_it_recovered(
+    kafka_bootstrap: str, topic_prefix: str, kafka_topics: Any, tmp_path: Path
+) -> None:
+    """Recovery writes skip RocksDB's write-ahead log and are flushed when it ends.
+
+    A worker that lost its disk recovers every contact from the changelog, checkpoints
+    new events (logged writes, with a changelog position), and is killed before RocksDB
+    would flush on its own. Without the flush, the restarted worker would find the
+    checkpoint's writes but not the recovered states before them, and would recover only
+    from the checkpoint's position on: the contacts the new events did not touch would
+    be gone.
+    """
+    first = page_views(6_000, people=1_500, seed=21, start="2026-03-01T08:00:00Z", step_s=20)
+    t1 = parse_ts(first[-1]["occurred_at"])
+    later = [
+        {**raw, "event_id": f"later-{i}", "occurred_at": format_ts(t1 + (i + 1) * US_PER_SECOND)}
+        for i, raw in enumerate(first[:300])  # about 270 of the 1,500 contacts
+    ]
+    end = parse_ts(later[-1]["occurred_at"]) + 3600 * US_PER_SECOND
+    state = tmp_path / "state"
+    produce(kafka_bootstrap, topic_prefix, first)
+    worker = WorkerProc("w", kafka_bootstrap, topic_prefix, state, B2B, EVENT_TIME_ONLY)
+    worker.start()
+    try:
+        worker.wait_ready()
+        wait_processed(kafka_bootstrap, topic_prefix, [worker])
+        time.sleep(1.5)  # checkpoints: every contact is in the changelog
+    finally:
+        worker.stop()
+    shutil.rmtree(state)  # the disk is lost
+    worker = WorkerProc("w2", kafka_bootstrap, topic_prefix, state, B2B, EVENT_TIME_ONLY)
+    worker.start()
+    try:
+        worker.wait_ready()  # recovered from the changelog
+        produce(kafka_bootstrap, topic_prefix, later)
+        wait_processed(kafka_bootstrap, topic_prefix, [worker])
+        time.sleep(1.5)  # checkpoints of the contacts the later events touched
+    finally:
+        worker.kill9()
+    worker = WorkerProc("w3", kafka_bootstrap, topic_prefix, state, B2B, EVENT_TIME_ONLY)
+    worker.start()
+    try:
+        worker.wait_ready()
+        wait_processed(kafka_bootstrap, topic_prefix, [worker])
+        produce(kafka_bootstrap, topic_prefix, heartbeats(end))
+        wait_processed(kafka_bootstrap, topic_prefix, [worker])
+        time.sleep(1.0)
+        raws = first + later + heartbeats(end)
+        assert_same_as_offline([worker], kafka_bootstrap, topic_prefix, raws, end)
     finally:
         worker.stop()
 
