@@ -17,13 +17,13 @@ import rocksdict
 from scorestream.pipeline.store import META_KEY, CachedStore, due_of
 
 
-def _options(block_cache_mb: int) -> rocksdict.Options:
+def _options(block_cache_mb: int, write_buffer_mb: int = 16) -> rocksdict.Options:
     opts = rocksdict.Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.set_max_open_files(256)
     # Faust's defaults (2 GiB block cache, 3 x 64 MB write buffers) are per partition;
     # far too much for a worker that owns many partitions.
-    opts.set_write_buffer_size(16 * 1024 * 1024)
+    opts.set_write_buffer_size(write_buffer_mb * 1024 * 1024)
     opts.set_max_write_buffer_number(2)
     table = rocksdict.BlockBasedOptions()
     table.set_block_cache(rocksdict.Cache(block_cache_mb * 1024 * 1024))
@@ -56,11 +56,17 @@ class RocksStore(CachedStore):
     when the process died) gets it built from a scan of its values when opened, once.
     """
 
-    def __init__(self, path: Path, block_cache_mb: int = 64, cache_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        block_cache_mb: int = 64,
+        cache_size: int = 100_000,
+        write_buffer_mb: int = 16,
+    ) -> None:
         super().__init__(cache_size)
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        opts = _options(block_cache_mb)
+        opts = _options(block_cache_mb, write_buffer_mb)
         self._db = rocksdict.Rdict(str(path), options=opts)
         if DUES_CF in rocksdict.Rdict.list_cf(str(path)):
             self._dues_cf = self._db.get_column_family(DUES_CF)
