@@ -252,26 +252,12 @@ class CachedStore(ABC):
         """
         # A write batch here applies all deletes before all puts, so a key must appear
         # once: keep its latest record (a put then a tombstone, or a due time then none,
-        # would otherwise come out the wrong way round). One pass over the records after
-        # that: recovery reads every record of the changelog.
-        puts: list[tuple[bytes, bytes]] = []
-        deletes: list[bytes] = []
-        due_puts: list[tuple[bytes, bytes]] = []
-        due_deletes: list[bytes] = []
-        size = _DUE.size
-        for key, value in dict(records).items():
-            if value is None:
-                deletes.append(key)
-                due_deletes.append(key)
-                continue
-            puts.append((key, value))
-            prefix = value[:size]
-            if prefix == _NO_DUE_BYTES:
-                due_deletes.append(key)
-            else:
-                due_puts.append((key, prefix))
+        # would otherwise come out the wrong way round).
+        latest = dict(records)
+        puts = [(k, v) for k, v in latest.items() if v is not None]
+        deletes = [k for k, v in latest.items() if v is None]
         puts.append((META_KEY, json.dumps(meta).encode()))
-        self._write(puts, deletes, due_puts, due_deletes, logged=False)
+        self._put_all(puts, deletes, logged=False)
 
     @abstractmethod
     def sync(self) -> None:
