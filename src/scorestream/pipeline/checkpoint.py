@@ -220,8 +220,9 @@ def recover(
         meta = {"changelog_offset": max(position, start), "generation": newest_generation}
         store.apply_changelog(pending, meta)
         applied += len(pending)
-    # Before anything else is written: recovery's writes may have skipped the log.
-    store.sync()
+        # Before anything else is written: recovery's writes may have skipped the log.
+        # (Only when it wrote: an up-to-date store at assignment needs no flush.)
+        store.sync()
     if applied:
         store.drop_cache()
     return applied
