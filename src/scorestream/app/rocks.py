@@ -29,6 +29,10 @@ def _options(block_cache_mb: int, write_buffer_mb: int = 16) -> rocksdict.Option
     table.set_block_cache(rocksdict.Cache(block_cache_mb * 1024 * 1024))
     table.set_bloom_filter(10, True)
     opts.set_block_based_table_factory(table)
+    # Values are LZ4-compressed documents already (engine/state.py): RocksDB's own block
+    # compression saved 3% of the space and cost about 1 us of a recovery's 10 per record
+    # (bench/recovery_bench.py, in-process A/B), spent again on every block read.
+    opts.set_compression_type(rocksdict.DBCompressionType.none())
     # Recovery writes skip the write-ahead log (RocksStore.sync). Without the log, a
     # crash keeps what was flushed: atomic flushes keep the values, the metadata and the
     # due index (another column family) at the same batch, so a store cut short by a
