@@ -1,0 +1,161 @@
+"""Soak: simulated traffic published while workers run, kill -9 at random, then compare.
+
+Not a pytest test (it takes minutes and its outcome depends on timing): a tool to run
+by hand against the local broker (``scorestream broker start``)::
+
+    .venv/bin/python tests/soak.py --events 150000 --workers 2 --kill-every 6 --kill-for 30
+
+It creates topics under a fresh prefix, starts ``--workers`` workers, runs
+``scorestream simulate`` (with ``--start`` in the past, so as fast as it can: the
+workers lag the producer, as after an outage), kills a random worker with SIGKILL every
+``--kill-every`` seconds (about) while the traffic is published and for ``--kill-for``
+seconds, restarts it, waits until everything is processed and compares the crossings on
+``leads.sales_ready`` (by ``crossing_id``, every field, and whether one id was sent
+with two contents) and the DLQ with ``scorestream score`` on the same events. Exit 0
+when they are identical. Events that reach Kafka after newer events of their contact
+were fetched are legitimately applied late (docs/rules.md), so a live run may differ
+from ``score`` in a few crossings; see the README, *Known limits*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from support import WorkerProc, read_topic, wait_processed  # noqa: E402
+
+from scorestream.settings import Settings  # noqa: E402
+from scorestream.topics import apply, delete_prefixed, load_declarations  # noqa: E402
+
+SCORESTREAM = str(ROOT / ".venv" / "bin" / "scorestream")
+
+
+def crossings(bootstrap: str, topic: str) -> tuple[dict[str, dict[str, Any]], int]:
+    """The last copy of every crossing, and how many ids were sent with two contents."""
+    last: dict[str, dict[str, Any]] = {}
+    copies: dict[str, set[str]] = {}
+    for _, value, _, _ in read_topic(bootstrap, topic):
+        doc = json.loads(value or b"{}")
+        last[doc["crossing_id"]] = doc
+        copies.setdefault(doc["crossing_id"], set()).add(json.dumps(doc, sort_keys=True))
+    return last, sum(1 for c in copies.values() if len(c) > 1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plan", default="rules/b2b.yaml")
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--contacts", type=int, default=5_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--kill-every", type=float, default=6.0, help="0: no kills")
+    ap.add_argument("--kill-for", type=float, default=0.0)
+    ap.add_argument("--start", default="2025-06-01T08:00:00Z")
+    ap.add_argument(
+        "--bootstrap", default=os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    ap.add_argument("--keep", action="store_true", help="keep topics and files")
+    a = ap.parse_args()
+    bs = a.bootstrap
+    prefix = f"soak-{uuid.uuid4().hex[:6]}-"
+    settings = Settings(bootstrap=bs, topic_prefix=prefix, topics_dir=str(ROOT / "topics"))
+    apply(load_declarations(ROOT / "topics"), settings)
+    tmp = ROOT / "var" / "soak" / prefix
+    tmp.mkdir(parents=True)
+    plan = ROOT / a.plan
+    rng = random.Random(a.seed)
+    workers = [
+        WorkerProc(f"w{i}-0", bs, prefix, tmp / f"s{i}", plan).start() for i in range(a.workers)
+    ]
+    for w in workers:
+        w.wait_ready()
+    env = {
+        **os.environ,
+        "SCORESTREAM_BOOTSTRAP": bs,
+        "SCORESTREAM_TOPIC_PREFIX": prefix,
+        "SCORESTREAM_TOPICS_DIR": str(ROOT / "topics"),
+    }
+    events = tmp / "events.jsonl"
+    with open(tmp / "simulate.log", "w") as log:
+        sim = subprocess.Popen(
+            [SCORESTREAM, "simulate", "--events", str(a.events), "--contacts", str(a.contacts),
+             "--seed", str(a.seed), "--bad-ratio", "0.01", "--out", str(events),
+             "--start", a.start],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    kills = 0
+    restarts = [0] * a.workers
+    began = time.monotonic()
+    next_kill = began + rng.uniform(0.5, 1.5) * a.kill_every
+    while sim.poll() is None or time.monotonic() - began < a.kill_for:
+        time.sleep(0.1)
+        if a.kill_every > 0 and time.monotonic() >= next_kill:
+            i = rng.randrange(a.workers)
+            workers[i].kill9()
+            kills += 1
+            time.sleep(rng.uniform(0, 3))
+            restarts[i] += 1
+            workers[i] = WorkerProc(f"w{i}-{restarts[i]}", bs, prefix, tmp / f"s{i}", plan).start()
+            next_kill = time.monotonic() + rng.uniform(0.5, 1.5) * a.kill_every
+    assert sim.returncode == 0, (tmp / "simulate.log").read_text()[-2000:]
+    for w in workers:
+        w.wait_ready()
+    wait_processed(bs, prefix, workers, timeout=600)
+    time.sleep(4.0)  # idle_timeout and ticks: timers reach the newest event
+    wait_processed(bs, prefix, workers, timeout=600)
+    offline_crossings = tmp / "crossings.jsonl"
+    rejects = tmp / "rejects.jsonl"
+    subprocess.run(
+        [SCORESTREAM, "score", "--rules", str(plan), "--crossings", str(offline_crossings),
+         "--rejects", str(rejects), str(events)],
+        env=env, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    expected = {}
+    for line in offline_crossings.read_text().splitlines():
+        doc = json.loads(line)
+        expected[doc["crossing_id"]] = doc
+    deadline = time.monotonic() + 30
+    live, two = crossings(bs, prefix + "leads.sales_ready")
+    while live != expected and time.monotonic() < deadline:
+        time.sleep(1)
+        live, two = crossings(bs, prefix + "leads.sales_ready")
+    missing = sorted(set(expected) - set(live))
+    extra = sorted(set(live) - set(expected))
+    changed = [k for k in expected if k in live and live[k] != expected[k]]
+    dlq = read_topic(bs, prefix + "events.dlq")
+    sources = {
+        (d["topic"], d["partition"], d["offset"])
+        for d in (json.loads(v or b"{}") for _, v, _, _ in dlq)
+    }
+    bad = len(rejects.read_bytes().splitlines())
+    ok = not (missing or extra or changed or two) and len(sources) == bad
+    print(
+        f"{'OK' if ok else 'DIFFERENT'}: {a.events:,} events, {a.workers} workers, "
+        f"{kills} kill -9; "
+        f"crossings offline {len(expected):,}, live {len(live):,}: {len(missing)} missing, "
+        f"{len(extra)} extra, {len(changed)} with other fields, {two} ids sent with two "
+        f"contents; DLQ {len(sources)} source positions for {bad} bad lines ({tmp})"
+    )
+    for k in changed[:3]:
+        print("offline", expected[k], "\n   live", live[k])
+    for w in workers:
+        w.stop()
+    if ok and not a.keep:
+        delete_prefixed(settings)
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
