@@ -66,6 +66,9 @@ def main() -> int:
         "--bootstrap", default=os.environ.get("SCORESTREAM_BOOTSTRAP", "127.0.0.1:9092")
     )
     ap.add_argument("--keep", action="store_true", help="keep topics and files")
+    ap.add_argument(
+        "--settle", action="store_true", help="start the traffic once the group has settled"
+    )
     a = ap.parse_args()
     bs = a.bootstrap
     prefix = f"soak-{uuid.uuid4().hex[:6]}-"
@@ -80,6 +83,19 @@ def main() -> int:
     ]
     for w in workers:
         w.wait_ready()
+    if a.settle:
+        # Every worker owns partitions, together all, for a few seconds: no rebalance is
+        # left to happen when the traffic starts.
+        stable_since = None
+        deadline = time.monotonic() + 120
+        while stable_since is None or time.monotonic() - stable_since < 5:
+            assert time.monotonic() < deadline, "the group never settled"
+            owned = [sorted(w.status().get("partitions", {})) for w in workers]
+            settled = all(owned) and sorted(p for o in owned for p in o) == [
+                str(i) for i in range(6)
+            ]
+            stable_since = (stable_since or time.monotonic()) if settled else None
+            time.sleep(0.2)
     env = {
         **os.environ,
         "SCORESTREAM_BOOTSTRAP": bs,
