@@ -78,95 +78,99 @@ def main() -> int:
     tmp.mkdir(parents=True)
     plan = ROOT / a.plan
     rng = random.Random(a.seed)
-    workers = [
-        WorkerProc(f"w{i}-0", bs, prefix, tmp / f"s{i}", plan).start() for i in range(a.workers)
-    ]
-    for w in workers:
-        w.wait_ready()
-    if a.settle:
-        # Every worker owns partitions, together all, for a few seconds: no rebalance is
-        # left to happen when the traffic starts.
-        stable_since = None
-        deadline = time.monotonic() + 120
-        while stable_since is None or time.monotonic() - stable_since < 5:
-            assert time.monotonic() < deadline, "the group never settled"
-            owned = [sorted(w.status().get("partitions", {})) for w in workers]
-            settled = all(owned) and sorted(p for o in owned for p in o) == [
-                str(i) for i in range(6)
-            ]
-            stable_since = (stable_since or time.monotonic()) if settled else None
-            time.sleep(0.2)
-    env = {
-        **os.environ,
-        "SCORESTREAM_BOOTSTRAP": bs,
-        "SCORESTREAM_TOPIC_PREFIX": prefix,
-        "SCORESTREAM_TOPICS_DIR": str(ROOT / "topics"),
-    }
-    events = tmp / "events.jsonl"
-    with open(tmp / "simulate.log", "w") as log:
-        sim = subprocess.Popen(
-            [SCORESTREAM, "simulate", "--events", str(a.events), "--contacts", str(a.contacts),
-             "--seed", str(a.seed), "--bad-ratio", "0.01", "--out", str(events),
-             "--start", a.start],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+    workers: list[WorkerProc] = []
+    try:
+        for i in range(a.workers):
+            workers.append(WorkerProc(f"w{i}-0", bs, prefix, tmp / f"s{i}", plan).start())
+        for w in workers:
+            w.wait_ready()
+        if a.settle:
+            # Every worker owns partitions, together all, for a few seconds: no rebalance is
+            # left to happen when the traffic starts.
+            stable_since = None
+            deadline = time.monotonic() + 120
+            while stable_since is None or time.monotonic() - stable_since < 5:
+                assert time.monotonic() < deadline, "the group never settled"
+                owned = [sorted(w.status().get("partitions", {})) for w in workers]
+                settled = all(owned) and sorted(p for o in owned for p in o) == [
+                    str(i) for i in range(6)
+                ]
+                stable_since = (stable_since or time.monotonic()) if settled else None
+                time.sleep(0.2)
+        env = {
+            **os.environ,
+            "SCORESTREAM_BOOTSTRAP": bs,
+            "SCORESTREAM_TOPIC_PREFIX": prefix,
+            "SCORESTREAM_TOPICS_DIR": str(ROOT / "topics"),
+        }
+        events = tmp / "events.jsonl"
+        with open(tmp / "simulate.log", "w") as log:
+            sim = subprocess.Popen(
+                [SCORESTREAM, "simulate", "--events", str(a.events), "--contacts", str(a.contacts),
+                 "--seed", str(a.seed), "--bad-ratio", "0.01", "--out", str(events),
+                 "--start", a.start],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        kills = 0
+        restarts = [0] * a.workers
+        began = time.monotonic()
+        next_kill = began + rng.uniform(0.5, 1.5) * a.kill_every
+        while sim.poll() is None or time.monotonic() - began < a.kill_for:
+            time.sleep(0.1)
+            if a.kill_every > 0 and time.monotonic() >= next_kill:
+                i = rng.randrange(a.workers)
+                workers[i].kill9()
+                kills += 1
+                time.sleep(rng.uniform(0, 3))
+                restarts[i] += 1
+                workers[i] = WorkerProc(
+                    f"w{i}-{restarts[i]}", bs, prefix, tmp / f"s{i}", plan
+                ).start()
+                next_kill = time.monotonic() + rng.uniform(0.5, 1.5) * a.kill_every
+        assert sim.returncode == 0, (tmp / "simulate.log").read_text()[-2000:]
+        for w in workers:
+            w.wait_ready()
+        wait_processed(bs, prefix, workers, timeout=600)
+        time.sleep(4.0)  # idle_timeout and ticks: timers reach the newest event
+        wait_processed(bs, prefix, workers, timeout=600)
+        offline_crossings = tmp / "crossings.jsonl"
+        rejects = tmp / "rejects.jsonl"
+        subprocess.run(
+            [SCORESTREAM, "score", "--rules", str(plan), "--crossings", str(offline_crossings),
+             "--rejects", str(rejects), str(events)],
+            env=env, check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-    kills = 0
-    restarts = [0] * a.workers
-    began = time.monotonic()
-    next_kill = began + rng.uniform(0.5, 1.5) * a.kill_every
-    while sim.poll() is None or time.monotonic() - began < a.kill_for:
-        time.sleep(0.1)
-        if a.kill_every > 0 and time.monotonic() >= next_kill:
-            i = rng.randrange(a.workers)
-            workers[i].kill9()
-            kills += 1
-            time.sleep(rng.uniform(0, 3))
-            restarts[i] += 1
-            workers[i] = WorkerProc(f"w{i}-{restarts[i]}", bs, prefix, tmp / f"s{i}", plan).start()
-            next_kill = time.monotonic() + rng.uniform(0.5, 1.5) * a.kill_every
-    assert sim.returncode == 0, (tmp / "simulate.log").read_text()[-2000:]
-    for w in workers:
-        w.wait_ready()
-    wait_processed(bs, prefix, workers, timeout=600)
-    time.sleep(4.0)  # idle_timeout and ticks: timers reach the newest event
-    wait_processed(bs, prefix, workers, timeout=600)
-    offline_crossings = tmp / "crossings.jsonl"
-    rejects = tmp / "rejects.jsonl"
-    subprocess.run(
-        [SCORESTREAM, "score", "--rules", str(plan), "--crossings", str(offline_crossings),
-         "--rejects", str(rejects), str(events)],
-        env=env, check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    expected = {}
-    for line in offline_crossings.read_text().splitlines():
-        doc = json.loads(line)
-        expected[doc["crossing_id"]] = doc
-    deadline = time.monotonic() + 30
-    live, two = crossings(bs, prefix + "leads.sales_ready")
-    while live != expected and time.monotonic() < deadline:
-        time.sleep(1)
+        expected = {}
+        for line in offline_crossings.read_text().splitlines():
+            doc = json.loads(line)
+            expected[doc["crossing_id"]] = doc
+        deadline = time.monotonic() + 30
         live, two = crossings(bs, prefix + "leads.sales_ready")
-    missing = sorted(set(expected) - set(live))
-    extra = sorted(set(live) - set(expected))
-    changed = [k for k in expected if k in live and live[k] != expected[k]]
-    dlq = read_topic(bs, prefix + "events.dlq")
-    sources = {
-        (d["topic"], d["partition"], d["offset"])
-        for d in (json.loads(v or b"{}") for _, v, _, _ in dlq)
-    }
-    bad = len(rejects.read_bytes().splitlines())
-    ok = not (missing or extra or changed or two) and len(sources) == bad
-    print(
-        f"{'OK' if ok else 'DIFFERENT'}: {a.events:,} events, {a.workers} workers, "
-        f"{kills} kill -9; "
-        f"crossings offline {len(expected):,}, live {len(live):,}: {len(missing)} missing, "
-        f"{len(extra)} extra, {len(changed)} with other fields, {two} ids sent with two "
-        f"contents; DLQ {len(sources)} source positions for {bad} bad lines ({tmp})"
-    )
-    for k in changed[:3]:
-        print("offline", expected[k], "\n   live", live[k])
-    for w in workers:
-        w.stop()
+        while live != expected and time.monotonic() < deadline:
+            time.sleep(1)
+            live, two = crossings(bs, prefix + "leads.sales_ready")
+        missing = sorted(set(expected) - set(live))
+        extra = sorted(set(live) - set(expected))
+        changed = [k for k in expected if k in live and live[k] != expected[k]]
+        dlq = read_topic(bs, prefix + "events.dlq")
+        sources = {
+            (d["topic"], d["partition"], d["offset"])
+            for d in (json.loads(v or b"{}") for _, v, _, _ in dlq)
+        }
+        bad = len(rejects.read_bytes().splitlines())
+        ok = not (missing or extra or changed or two) and len(sources) == bad
+        print(
+            f"{'OK' if ok else 'DIFFERENT'}: {a.events:,} events, {a.workers} workers, "
+            f"{kills} kill -9; "
+            f"crossings offline {len(expected):,}, live {len(live):,}: {len(missing)} missing, "
+            f"{len(extra)} extra, {len(changed)} with other fields, {two} ids sent with two "
+            f"contents; DLQ {len(sources)} source positions for {bad} bad lines ({tmp})"
+        )
+        for k in changed[:3]:
+            print("offline", expected[k], "\n   live", live[k])
+    finally:
+        for w in workers:
+            w.stop()  # also when something above failed: no worker left behind
     if ok and not a.keep:
         delete_prefixed(settings)
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
