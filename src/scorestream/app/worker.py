@@ -133,6 +133,7 @@ class Runtime:
         # The merge tells a consumer that lost records from one that is only slow or
         # whose records are still on their way (see merge.STALL_SECONDS).
         self.processor.merger.position = self._position
+        self.processor.merger.polled = self._polled
         self.stores: dict[int, RocksStore] = {}
         self.state_root = Path(s.state_dir) / s.app_id
         self.ready = False
@@ -189,6 +190,16 @@ class Runtime:
             return int(state.position) if state.has_valid_position else None
         except Exception:  # the consumer is (re)starting or the partition went: unknown
             return None
+
+    def _polled(self, topic: str, partition: int) -> int | None:
+        """When aiokafka last had a fetch response for a partition (ms; its high-water
+        mark is from then), read like :meth:`_position`. None when unknown."""
+        try:
+            assignment = self._aiokafka()._subscription.subscription.assignment
+            value = assignment.state_value(TP(topic, partition)).timestamp
+        except Exception:  # the consumer is (re)starting or the partition went: unknown
+            return None
+        return None if value is None else int(value)
 
     def on_message(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
         """Called by the agent for every message, in partition order."""
@@ -250,6 +261,7 @@ class Runtime:
         receive = proc.receive
         limit = self.settings.merge_buffer
         count = 0
+        merger = proc.merger
         for tp, batch in records.items():
             topic = tp.topic
             partition = tp.partition
@@ -257,8 +269,11 @@ class Runtime:
             for record in batch:
                 source = receive(topic, partition, record.offset, record.value, now)
             count += len(batch)
-            if source is not None and source.queue is not None and len(source.queue.items) >= limit:
-                self._pause(TP(topic, partition))
+            if source is not None:
+                merger.fetched(source, self._polled(topic, partition))
+                if source.queue is not None and len(source.queue.items) >= limit:
+                    self._pause(TP(topic, partition))
+        merger.look_again(now)
         proc.run(now, RUN_LIMIT)
         self._observe_delays(now)
         self.metrics.processing.observe((time.perf_counter() - start) / max(1, count))

@@ -15,6 +15,11 @@ This is the same idea, over every partition a worker owns at once:
   input queue that is empty while Kafka still holds unread records for it (its
   high-water mark is beyond what was received), a repartition partition with unread
   records, or, with ``idle`` > 0, an input that emptied less than ``idle`` seconds ago;
+* a caught-up input is only as current as the consumer's last look at it: a record is
+  released past an empty, caught-up input only once that input was polled (its
+  high-water mark fetched) no earlier than the record itself was fetched. Otherwise a
+  record of another input that reached Kafka first, while the consumer was busy with
+  this one, could be overtaken (a worker lagging live producers);
 * records awaited from a partition on another worker (identity hand-overs) are
   **expected**: the processor holds back only the identified contact's later records
   until the answer comes (or ``expect_wait`` passes); the release as a whole waits for
@@ -25,8 +30,10 @@ Records with the smallest key are released first across all partitions; a record
 arrives after larger keys were released (it was not in Kafka yet) is applied when it
 arrives and counted as late by the processor.
 
-Pure: the caller passes the clock (``now``, seconds) and a function giving a
-topic-partition's high-water mark as the consumer last saw it.
+Pure: the caller passes the clock (``now``, seconds), a function giving a
+topic-partition's high-water mark as the consumer last saw it and, live, one giving
+when it last saw it (:attr:`Merger.polled`; offline nothing is polled: every input is
+read to its end).
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ SLOW_FETCH_FACTOR = 5
 #: busy worker, right after a source was starved for the stall time), or lost. Lost
 #: only once it has stayed past it this long.
 AHEAD_SECONDS = 1.0
+#: ``Merger.polled`` of a source nobody polls: never stale
+_NEVER = 1 << 62
 
 
 def _unknown_position(topic: str, partition: int) -> int | None:
@@ -85,6 +94,7 @@ class Source:
     __slots__ = (
         "ahead_since",
         "blocking",
+        "fetched_at",
         "gap_at",
         "idle_until",
         "lag_since",
@@ -134,6 +144,9 @@ class Source:
         self.gap_at = -1
         #: since when the consumer's position has been past ``received`` (0: it is not)
         self.ahead_since = 0.0
+        #: when the consumer fetched the records queued last (its poll time, in ms; 0:
+        #: not tracked): nothing empty may be staler than this when they are released
+        self.fetched_at = 0
 
     def __repr__(self) -> str:
         return f"Source({self.topic}[{self.partition}]@{self.received}, blocking={self.blocking})"
@@ -161,6 +174,13 @@ class Merger:
         #: (topic, partition) -> the consumer's position (next offset it hands over),
         #: None if unknown; the worker sets it (see SLOW_FETCH_FACTOR)
         self.position: HighWater = _unknown_position
+        #: (topic, partition) -> when the consumer last polled it (ms; its high-water mark
+        #: is from then), None if unknown or not tracked; the worker sets it
+        self.polled: HighWater = _unknown_position
+        #: the oldest poll time of the empty, caught-up sources (see :meth:`fetched`)
+        self._fresh = _NEVER
+        #: the head waits for an empty source to be polled again
+        self._stale = False
         self.idle = idle
         self.expect_wait = expect_wait
         # Entries lead with the key's event time: two heads rarely share it, so most heap
@@ -338,6 +358,7 @@ class Merger:
                 break
             heapq.heappop(heap)  # stale: its record was overtaken by an inserted one
         else:
+            self._stale = False
             self._waiting(False, now)
             return None
         if self._unchecked:
@@ -354,6 +375,14 @@ class Merger:
         hold = self.hold
         if hold is not None and key >= hold:
             return None  # held for a hand-over: not waiting for any input
+        source = queue.source
+        if source is not None and source.fetched_at > self._fresh:
+            # An empty input was last polled before this record was fetched: what reached
+            # Kafka on it meanwhile is unknown. Wait for the consumer's next look at it.
+            self._stale = True
+            self._waiting(True, now)
+            return None
+        self._stale = False
         if self._wait_began is not None:
             self._waiting(False, now)
         record = items.popleft()
@@ -372,7 +401,6 @@ class Merger:
             heapq.heapreplace(heap, (key[0], key, self._seq, queue, head))
         else:
             heapq.heappop(heap)
-            source = queue.source
             if source is not None:
                 self._emptied(source, now)
         return record
@@ -418,6 +446,39 @@ class Merger:
         if self.idle > 0:
             source.idle_until = now + self.idle
         self._unchecked.add(source)
+        polled = self.polled(source.topic, source.partition)
+        if polled is not None and polled < self._fresh:
+            self._fresh = polled
+
+    def fetched(self, source: Source, polled: int | None) -> None:
+        """Records just queued for ``source`` came from the consumer's poll at ``polled``
+        (ms): they are released only past empty sources polled since (see
+        :meth:`look_again`)."""
+        if polled is not None and polled > source.fetched_at:
+            source.fetched_at = polled
+
+    def look_again(self, now: float) -> None:
+        """Look at the empty, caught-up sources again before releasing what was just
+        queued: their high-water marks (records fetched for them but not handed over yet
+        make them block) and how current they are (their last poll times)."""
+        fresh = _NEVER
+        polled = self.polled
+        check = self._check
+        unchecked = self._unchecked
+        for source in self.sources.values():
+            queue = source.queue
+            if source.blocking or (queue is not None and queue.items):
+                continue
+            # The poll time first, the high-water mark after it: the mark is then at least
+            # as recent as that poll (the consumer's thread may answer in between).
+            at = polled(source.topic, source.partition)
+            check(source, now)
+            unchecked.discard(source)
+            if source.blocking:
+                continue
+            if at is not None and at < fresh:
+                fresh = at
+        self._fresh = fresh
 
     def _check(self, source: Source, now: float) -> None:
         """Decide whether ``source`` blocks the release of buffered records."""
@@ -524,6 +585,7 @@ class Merger:
         for source in self.sources.values():
             self._check(source, now)
         self._unchecked.clear()
+        self.look_again(now)
         if self._expected:
             for token in [t for t, e in self._expected.items() if e.deadline <= now]:
                 del self._expected[token]
@@ -534,7 +596,7 @@ class Merger:
     def blocked(self) -> bool:
         """Whether some source blocks the release now (or has not been looked at since
         it emptied)."""
-        return bool(self._blocking or self._unchecked)
+        return bool(self._blocking or self._unchecked or self._stale)
 
     @property
     def blocking(self) -> list[Source]:
