@@ -472,16 +472,15 @@ class Merger:
             # The poll time first, the high-water mark after it: the mark is then at least
             # as recent as that poll (the consumer's thread may answer in between).
             at = polled(source.topic, source.partition)
-            check(source, now)
             unchecked.discard(source)
-            if source.blocking:
+            if check(source, now):
                 continue
             if at is not None and at < fresh:
                 fresh = at
         self._fresh = fresh
 
-    def _check(self, source: Source, now: float) -> None:
-        """Decide whether ``source`` blocks the release of buffered records."""
+    def _check(self, source: Source, now: float) -> bool:
+        """Decide whether ``source`` blocks the release of buffered records (returned)."""
         queue = source.queue
         if queue is not None and queue.items:
             blocking = False
@@ -518,6 +517,7 @@ class Merger:
                 self._blocking.add(source)
             else:
                 self._blocking.discard(source)
+        return blocking
 
     def _stalled(self, source: Source, quiet: float, now: float) -> bool:
         """Whether a source behind its end and quiet for ``quiet`` seconds is stuck.
