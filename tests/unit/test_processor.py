@@ -221,6 +221,28 @@ def test_records_fetched_for_an_empty_input_but_not_handed_over_make_it_block() 
     assert proc.late == 0
 
 
+def test_an_empty_input_the_consumer_stopped_polling_is_not_waited_for() -> None:
+    """A record waits for a fresher poll of an empty input, but not for an input the
+    consumer has not polled for ``poll_stale`` seconds (it would wait for ever)."""
+    cluster = Cluster()
+    member = Member(cluster, Engine(PARITY), range(N))
+    proc = member.proc
+    p = partition_for("c-1", N)
+    cluster.publish([ev(2, "page_view", 5, contact_id="c-1", props={"url": "/pricing"})])
+    polls = {"events.email": 9_000}  # ms; every other input was polled at 10,000
+    proc.merger.highwater = lambda topic, part: 1 if (topic, part) == ("events.page_view", p) else 0
+    proc.merger.polled = lambda topic, part: polls.get(topic, 10_000) if part == p else 10_000
+    proc.refresh(10.0)
+    source = proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 10.0)
+    assert source is not None
+    proc.merger.fetched(source, 10_000)
+    proc.merger.look_again(10.0)
+    assert proc.run(10.0) == 0  # the e-mail input was last polled before the page view came
+    assert proc.merger.poll_stale == 1.0
+    proc.merger.look_again(10.5)  # 1.5 s since the e-mail input's poll: not waited for
+    assert proc.run(10.5) == 1
+
+
 def test_with_an_idle_wait_an_emptied_input_is_waited_for_that_long() -> None:
     cluster = Cluster()
     p = partition_for("c-1", N)

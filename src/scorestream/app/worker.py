@@ -50,6 +50,7 @@ from scorestream.engine.rules import RulesError, RuleSet, load_rules
 from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts
 from scorestream.errors import EXIT_FAILURE, KafkaFailure, UsageError
+from scorestream.pipeline import merge
 from scorestream.pipeline.checkpoint import Checkpointer, recover, recovery_start
 from scorestream.pipeline.processor import Processor
 from scorestream.pipeline.processor import Settings as ProcessorSettings
@@ -134,6 +135,9 @@ class Runtime:
         # whose records are still on their way (see merge.STALL_SECONDS).
         self.processor.merger.position = self._position
         self.processor.merger.polled = self._polled
+        self.processor.merger.poll_stale = max(
+            merge.POLL_STALE_SECONDS, 5 * self.settings.fetch_max_wait_ms / 1000
+        )
         self.stores: dict[int, RocksStore] = {}
         self.state_root = Path(s.state_dir) / s.app_id
         self.ready = False
@@ -262,6 +266,9 @@ class Runtime:
         limit = self.settings.merge_buffer
         count = 0
         merger = proc.merger
+        # When the records reached the merge, on aiokafka's clock for its polls (ms):
+        # what reached Kafka while they waited in the consumer's buffers is fetched first.
+        now_ms = int(now * 1000)
         for tp, batch in records.items():
             topic = tp.topic
             partition = tp.partition
@@ -270,7 +277,7 @@ class Runtime:
                 source = receive(topic, partition, record.offset, record.value, now)
             count += len(batch)
             if source is not None:
-                merger.fetched(source, self._polled(topic, partition))
+                merger.fetched(source, now_ms)
                 if source.queue is not None and len(source.queue.items) >= limit:
                     self._pause(TP(topic, partition))
         merger.look_again(now)

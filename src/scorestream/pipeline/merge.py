@@ -17,9 +17,10 @@ This is the same idea, over every partition a worker owns at once:
   records, or, with ``idle`` > 0, an input that emptied less than ``idle`` seconds ago;
 * a caught-up input is only as current as the consumer's last look at it: a record is
   released past an empty, caught-up input only once that input was polled (its
-  high-water mark fetched) no earlier than the record itself was fetched. Otherwise a
-  record of another input that reached Kafka first, while the consumer was busy with
-  this one, could be overtaken (a worker lagging live producers);
+  high-water mark fetched) no earlier than the record was handed to the merge. Otherwise
+  a record of another input that reached Kafka while this one waited in the consumer's
+  buffers (a worker lagging live producers) could be overtaken. An input not polled for
+  ``poll_stale`` seconds (the consumer does not fetch it) is not waited for;
 * records awaited from a partition on another worker (identity hand-overs) are
   **expected**: the processor holds back only the identified contact's later records
   until the answer comes (or ``expect_wait`` passes); the release as a whole waits for
@@ -62,6 +63,8 @@ SLOW_FETCH_FACTOR = 5
 #: busy worker, right after a source was starved for the stall time), or lost. Lost
 #: only once it has stayed past it this long.
 AHEAD_SECONDS = 1.0
+#: Default of ``Merger.poll_stale``: well above a fetch's wait at the broker
+POLL_STALE_SECONDS = 1.0
 #: ``Merger.polled`` of a source nobody polls: never stale
 _NEVER = 1 << 62
 
@@ -177,6 +180,9 @@ class Merger:
         #: (topic, partition) -> when the consumer last polled it (ms; its high-water mark
         #: is from then), None if unknown or not tracked; the worker sets it
         self.polled: HighWater = _unknown_position
+        #: seconds after which an input the consumer has not polled is not waited for
+        #: (paused, or the consumer is stuck on it); the worker sets it from its fetch wait
+        self.poll_stale = POLL_STALE_SECONDS
         #: the oldest poll time of the empty, caught-up sources (see :meth:`fetched`)
         self._fresh = _NEVER
         #: the head waits for an empty source to be polled again
@@ -447,12 +453,12 @@ class Merger:
             source.idle_until = now + self.idle
         self._unchecked.add(source)
         polled = self.polled(source.topic, source.partition)
-        if polled is not None and polled < self._fresh:
+        if polled is not None and polled < self._fresh and polled >= (now - self.poll_stale) * 1000:
             self._fresh = polled
 
     def fetched(self, source: Source, polled: int | None) -> None:
-        """Records just queued for ``source`` came from the consumer's poll at ``polled``
-        (ms): they are released only past empty sources polled since (see
+        """Records were just queued for ``source`` at ``polled`` (ms, the clock of
+        :attr:`polled`): they are released only past empty sources polled since (see
         :meth:`look_again`)."""
         if polled is not None and polled > source.fetched_at:
             source.fetched_at = polled
@@ -464,6 +470,7 @@ class Merger:
         fresh = _NEVER
         polled = self.polled
         check = self._check
+        stale = int((now - self.poll_stale) * 1000)
         unchecked = self._unchecked
         for source in self.sources.values():
             queue = source.queue
@@ -475,7 +482,7 @@ class Merger:
             unchecked.discard(source)
             if check(source, now):
                 continue
-            if at is not None and at < fresh:
+            if at is not None and at < fresh and at >= stale:
                 fresh = at
         self._fresh = fresh
 
