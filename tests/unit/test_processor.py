@@ -20,7 +20,12 @@ from scorestream.engine.rules import load_rules
 from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
 from scorestream.offline import OfflineRun, score_lines
-from scorestream.pipeline.merge import AHEAD_SECONDS, SLOW_FETCH_FACTOR, STALL_SECONDS
+from scorestream.pipeline.merge import (
+    AHEAD_SECONDS,
+    FRESH_SLACK_MS,
+    SLOW_FETCH_FACTOR,
+    STALL_SECONDS,
+)
 from scorestream.pipeline.processor import Processor, Settings
 from scorestream.pipeline.records import REQUEST, decode_envelope
 from scorestream.pipeline.routing import REPARTITION, partition_for
@@ -241,6 +246,28 @@ def test_an_empty_input_the_consumer_stopped_polling_is_not_waited_for() -> None
     assert proc.merger.poll_stale == 1.0
     proc.merger.look_again(10.5)  # 1.5 s since the e-mail input's poll: not waited for
     assert proc.run(10.5) == 1
+
+
+def test_a_poll_made_just_before_a_record_came_is_fresh_enough() -> None:
+    """A worker that keeps up gets a record in the poll that also looked at its empty
+    inputs, a few ms before the record reaches the merge: no wait (FRESH_SLACK_MS)."""
+    for polled_at, released in ((10_000 - FRESH_SLACK_MS, 1), (10_000 - FRESH_SLACK_MS - 1, 0)):
+        cluster = Cluster()
+        member = Member(cluster, Engine(PARITY), range(N))
+        proc = member.proc
+        p = partition_for("c-1", N)
+        cluster.publish([ev(2, "page_view", 5, contact_id="c-1", props={"url": "/pricing"})])
+        proc.merger.highwater = lambda topic, part, p=p: (
+            1 if (topic, part) == ("events.page_view", p) else 0
+        )
+        proc.merger.polled = lambda topic, part, at=polled_at: at
+        proc.refresh(10.0)
+        log = cluster.logs[("events.page_view", p)]
+        source = proc.receive("events.page_view", p, 0, log[0], 10.0)
+        assert source is not None
+        proc.merger.fetched(source, 10_000)
+        proc.merger.look_again(10.0)
+        assert proc.run(10.0) == released
 
 
 def test_with_an_idle_wait_an_emptied_input_is_waited_for_that_long() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -135,6 +136,8 @@ class Runtime:
         # whose records are still on their way (see merge.STALL_SECONDS).
         self.processor.merger.position = self._position
         self.processor.merger.polled = self._polled
+        #: set when a batch leaves records waiting in the merge: the pump looks again soon
+        self.wake_pump = asyncio.Event()
         self.processor.merger.poll_stale = max(
             merge.POLL_STALE_SECONDS, 5 * self.settings.fetch_max_wait_ms / 1000
         )
@@ -282,6 +285,8 @@ class Runtime:
                     self._pause(TP(topic, partition))
         merger.look_again(now)
         proc.run(now, RUN_LIMIT)
+        if merger.blocked and merger.buffered:
+            self.wake_pump.set()
         self._observe_delays(now)
         self.metrics.processing.observe((time.perf_counter() - start) / max(1, count))
         self.outputs.poll()
@@ -741,8 +746,17 @@ class Runtime:
         timer(PLANS_FAST)(plans)
 
         async def pump() -> None:
+            wake = runtime.wake_pump
             while True:
-                await asyncio.sleep(PUMP_WAITING if runtime.waiting() else PUMP_IDLE)
+                if runtime.waiting():
+                    await asyncio.sleep(PUMP_WAITING)
+                else:
+                    # Idle: slow, unless a batch left records waiting (for a fresher poll
+                    # of an empty input, say): then look again in PUMP_WAITING, not in up
+                    # to PUMP_IDLE (measured: +50 ms on every crossing at 20 events/s).
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), PUMP_IDLE)
                 if runtime.ready:
                     await runtime.pump()
 

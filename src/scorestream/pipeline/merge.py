@@ -63,6 +63,12 @@ SLOW_FETCH_FACTOR = 5
 #: busy worker, right after a source was starved for the stall time), or lost. Lost
 #: only once it has stayed past it this long.
 AHEAD_SECONDS = 1.0
+#: How much older than a record's arrival in the merge the last poll of an empty input
+#: may be (ms) for the record to pass it: a worker that keeps up gets its records in the
+#: poll that also looked at its empty inputs, a few ms before; one that lags holds them
+#: in buffers for longer and waits for a fresher poll. Events that reach Kafka at most
+#: this long before a newer one of their contact reaches the merge may be applied late.
+FRESH_SLACK_MS = 10
 #: Default of ``Merger.poll_stale``: well above a fetch's wait at the broker
 POLL_STALE_SECONDS = 1.0
 #: ``Merger.polled`` of a source nobody polls: never stale
@@ -460,8 +466,9 @@ class Merger:
         """Records were just queued for ``source`` at ``polled`` (ms, the clock of
         :attr:`polled`): they are released only past empty sources polled since (see
         :meth:`look_again`)."""
-        if polled is not None and polled > source.fetched_at:
-            source.fetched_at = polled
+        if polled is not None:
+            polled -= FRESH_SLACK_MS
+            source.fetched_at = max(source.fetched_at, polled)
 
     def look_again(self, now: float) -> None:
         """Look at the empty, caught-up sources again before releasing what was just
