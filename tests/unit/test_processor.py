@@ -873,3 +873,15 @@ def test_two_workers_restarted_from_their_commits_still_agree_with_offline(seed:
     assert restarts > 5 and parked_at_restart > 0
     assert finish(retired + members, run.at) == {c.crossing_id: c.to_dict() for c in run.crossings}
     assert scores(members, run) == expected_scores(run)
+
+
+def test_only_input_sources_name_a_stream_of_their_own() -> None:
+    """Events read from an input topic carry its source's stream; the repartition
+    source has none (its records carry their own), so it cannot collide with the
+    profile topic's stream, which has the same partition and rank 0."""
+    member = Member(Cluster(), Engine(PARITY), range(N))
+    sources = [s for s in member.proc.merger.sources.values() if s.partition == 0]
+    inputs = [s.stream for s in sources if s.queue is not None]
+    assert len(inputs) == len(set(inputs)) == len(sources) - 1
+    assert all(inputs)
+    assert [s.stream for s in sources if s.queue is None] == [""]

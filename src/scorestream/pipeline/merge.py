@@ -136,8 +136,9 @@ class Source:
         self.rank = rank
         self.partition = partition
         #: the stream of every event read from here (see scorestream.pipeline.records):
-        #: made once, not per record
-        self.stream = stream_id(partition, partition, rank)
+        #: made once, not per record. Input topics only: records read from the
+        #: repartition topic carry their own, and rank 0 would name the profile topic's.
+        self.stream = stream_id(partition, partition, rank) if queue is not None else ""
         #: next offset expected from Kafka
         self.received = received
         #: the queue this source alone feeds (input topics); None for the repartition topic
