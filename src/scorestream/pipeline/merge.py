@@ -586,7 +586,10 @@ class Merger:
     def take_rereads(self) -> list[Source]:
         """Sources the consumer should read again from their ``received`` offset."""
         rereads, self.rereads = self.rereads, []
-        return rereads
+        # Once each: every refused record of a stale batch asks (a batch of 226 such
+        # records after a rebalance once made as many seeks, each rereading what the
+        # one before had brought).
+        return list(dict.fromkeys(rereads))
 
     def refresh(self, now: float) -> None:
         """Look again at every source (new high-water marks) and at expected records.
