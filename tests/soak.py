@@ -153,6 +153,8 @@ def main() -> int:
         while live != expected and time.monotonic() < deadline:
             time.sleep(1)
             live, two = crossings(bs, prefix + "leads.sales_ready")
+        with open(tmp / "live.jsonl", "w") as out:  # for a look at what differs
+            out.writelines(json.dumps(doc) + "\n" for doc in live.values())
         missing = sorted(set(expected) - set(live))
         extra = sorted(set(live) - set(expected))
         changed = [k for k in expected if k in live and live[k] != expected[k]]
