@@ -64,6 +64,10 @@ log = logging.getLogger("scorestream.worker")
 
 #: records applied per call before the event loop gets a turn
 RUN_LIMIT = 2000
+#: releases between two looks at the merge's empty inputs within a run (see
+#: Merger.look_every): a soak with two workers caught 93 releases past inputs whose
+#: high-water mark had risen during a run of 2,000
+LOOK_EVERY = 200
 #: most records taken from the consumer at once
 FETCH_BATCH = 2000
 #: seconds between moves of long-lived objects out of the cyclic GC's scans
@@ -138,6 +142,7 @@ class Runtime:
         self.processor.merger.polled = self._polled
         #: set when a batch leaves records waiting in the merge: the pump looks again soon
         self.wake_pump = asyncio.Event()
+        self.processor.merger.look_every = LOOK_EVERY
         self.processor.merger.poll_stale = max(
             merge.POLL_STALE_SECONDS, 5 * self.settings.fetch_max_wait_ms / 1000
         )

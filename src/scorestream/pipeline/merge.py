@@ -192,6 +192,12 @@ class Merger:
         #: seconds after which an input the consumer has not polled is not waited for
         #: (paused, or the consumer is stuck on it); the worker sets it from its fetch wait
         self.poll_stale = POLL_STALE_SECONDS
+        #: live, look at the empty inputs again (:meth:`look_again`) every this many
+        #: releases: the consumer's thread fetches meanwhile, and a long run of releases
+        #: (a worker catching up) would otherwise pass records fetched for an input that
+        #: looked caught up when the run began. 0: never (offline, or the caller looks).
+        self.look_every = 0
+        self._until_look = 0
         #: the oldest poll time of the empty, caught-up sources (see :meth:`fetched`)
         self._fresh = _NEVER
         #: the head waits for an empty source to be polled again
@@ -383,6 +389,11 @@ class Merger:
             for emptied in self._unchecked:
                 self._check(emptied, now)
             self._unchecked.clear()
+        if self.look_every:
+            self._until_look -= 1
+            if self._until_look <= 0:
+                self._until_look = self.look_every
+                self.look_again(now)
         _, key, _, queue, _ = heap[0]
         if self._blocking or self._at_barrier(key):
             self._waiting(True, now)
