@@ -156,8 +156,9 @@ class Source:
         self.gap_at = -1
         #: since when the consumer's position has been past ``received`` (0: it is not)
         self.ahead_since = 0.0
-        #: when the consumer fetched the records queued last (its poll time, in ms; 0:
-        #: not tracked): nothing empty may be staler than this when they are released
+        #: when the records queued last reached the merge (ms, on the clock of
+        #: Merger.polled; 0: not tracked): an empty input must have been polled since
+        #: for them to pass it
         self.fetched_at = 0
 
     def __repr__(self) -> str:
