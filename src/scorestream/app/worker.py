@@ -290,7 +290,7 @@ class Runtime:
                     self._pause(TP(topic, partition))
         merger.look_again(now)
         proc.run(now, RUN_LIMIT)
-        if merger.blocked and merger.buffered:
+        if self.waiting():
             self.wake_pump.set()
         self._observe_delays(now)
         self.metrics.processing.observe((time.perf_counter() - start) / max(1, count))

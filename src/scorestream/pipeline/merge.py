@@ -474,7 +474,7 @@ class Merger:
             source.idle_until = now + self.idle
         self._unchecked.add(source)
         polled = self.polled(source.topic, source.partition)
-        if polled is not None and polled < self._fresh and polled >= (now - self.poll_stale) * 1000:
+        if polled is not None and self._poll_floor(now) <= polled < self._fresh:
             self._fresh = polled
 
     def fetched(self, source: Source, polled: int | None) -> None:
@@ -492,7 +492,7 @@ class Merger:
         fresh = _NEVER
         polled = self.polled
         check = self._check
-        stale = int((now - self.poll_stale) * 1000)
+        floor = self._poll_floor(now)
         unchecked = self._unchecked
         for source in self.sources.values():
             queue = source.queue
@@ -504,9 +504,14 @@ class Merger:
             unchecked.discard(source)
             if check(source, now):
                 continue
-            if at is not None and at < fresh and at >= stale:
+            if at is not None and floor <= at < fresh:
                 fresh = at
         self._fresh = fresh
+
+    def _poll_floor(self, now: float) -> int:
+        """The oldest poll time (ms) that still counts: an input polled before it is
+        one the consumer does not fetch, and is not waited for (``poll_stale``)."""
+        return int((now - self.poll_stale) * 1000)
 
     def _check(self, source: Source, now: float) -> bool:
         """Decide whether ``source`` blocks the release of buffered records (returned)."""
@@ -615,7 +620,9 @@ class Merger:
             self._watching_since = now
         self._looked = now
         for source in self.sources.values():
-            self._check(source, now)
+            queue = source.queue
+            if source.blocking or (queue is not None and queue.items):
+                self._check(source, now)  # the empty, caught-up ones: in look_again
         self._unchecked.clear()
         self.look_again(now)
         if self._expected:
