@@ -25,6 +25,7 @@ from scorestream.simulate import (
     SIGNALS,
     Traffic,
     _intent_quantiles,
+    await_leaders,
     expected_good_rate,
     planted_signal,
 )
@@ -374,3 +375,50 @@ def test_the_planted_effects_are_in_the_data() -> None:
     assert min(len(alone), len(none)) > 300
     difference = sum(alone) / len(alone) - sum(none) / len(none)
     assert difference == pytest.approx(PLANTED_EFFECTS["pricing-visit"], abs=0.05)
+
+
+class _Partition:
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+        self.error = None
+
+
+class _Topic:
+    def __init__(self, leaders: list[int]) -> None:
+        self.error = None
+        self.partitions = {i: _Partition(leader) for i, leader in enumerate(leaders)}
+
+
+class _Metadata:
+    def __init__(self, topics: dict[str, _Topic]) -> None:
+        self.topics = topics
+
+
+class _LeaderlessProducer:
+    """A producer whose metadata shows ``topic`` without a leader for partition 1 until
+    the ``ready``-th lookup of it; other topics are ready at once."""
+
+    def __init__(self, topic: str, ready: int) -> None:
+        self.topic, self.ready, self.calls = topic, ready, 0
+
+    def list_topics(self, topic: str, timeout: float) -> _Metadata:
+        if topic != self.topic:
+            return _Metadata({topic: _Topic([0, 0])})
+        self.calls += 1
+        leader = 0 if self.calls >= self.ready else -1
+        return _Metadata({topic: _Topic([0, leader])})
+
+
+def test_simulate_waits_for_every_partition_to_have_a_leader() -> None:
+    # A partition without a leader holds its records in librdkafka while the others go
+    # out: the events would reach Kafka out of the order simulate gives them.
+    producer = _LeaderlessProducer("t.profile", ready=3)
+    assert await_leaders(producer, ["t.email", "t.profile"], timeout=10.0) == []
+    assert producer.calls == 3
+
+
+def test_simulate_names_the_topics_still_without_a_leader_after_the_wait() -> None:
+    producer = _LeaderlessProducer("t.profile", ready=10**9)
+    began = time.monotonic()
+    assert await_leaders(producer, ["t.email", "t.profile"], timeout=0.3) == ["t.profile"]
+    assert 0.3 <= time.monotonic() - began < 5.0
