@@ -225,26 +225,50 @@ def test_records_fetched_for_an_empty_input_but_not_handed_over_make_it_block() 
     assert proc.late == 0
 
 
-def test_an_empty_input_the_consumer_stopped_polling_is_not_waited_for() -> None:
-    """A record waits for a fresher poll of an empty input, but not for an input the
-    consumer has not polled for ``poll_stale`` seconds (it would wait for ever)."""
+def _view_waiting_for_email(polls: dict[str, int]) -> Processor:
+    """A page view (t=2) of c-1 reached the merge at 10,000 ms; the e-mail input of its
+    partition is empty and was last polled at ``polls["events.email"]``, every other
+    input at ``polls["others"]`` (both may be changed later)."""
     cluster = Cluster()
-    member = Member(cluster, Engine(PARITY), range(N))
-    proc = member.proc
+    proc = Member(cluster, Engine(PARITY), range(N)).proc
     p = partition_for("c-1", N)
     cluster.publish([ev(2, "page_view", 5, contact_id="c-1", props={"url": "/pricing"})])
-    polls = {"events.email": 9_000}  # ms; every other input was polled at 10,000
     proc.merger.highwater = lambda topic, part: 1 if (topic, part) == ("events.page_view", p) else 0
-    proc.merger.polled = lambda topic, part: polls.get(topic, 10_000) if part == p else 10_000
+    proc.merger.polled = lambda topic, part: polls[
+        "events.email" if (topic, part) == ("events.email", p) else "others"
+    ]
     proc.refresh(10.0)
     source = proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 10.0)
     assert source is not None
     proc.merger.fetched(source, 10_000)
     proc.merger.look_again(10.0)
+    return proc
+
+
+def test_an_empty_input_the_consumer_stopped_polling_is_not_waited_for() -> None:
+    """A record waits for a fresher poll of an empty input, but not for an input the
+    consumer has not polled for ``poll_stale`` seconds while it polled the others (it
+    would wait for ever)."""
+    polls = {"events.email": 9_000, "others": 10_000}
+    proc = _view_waiting_for_email(polls)
     assert proc.run(10.0) == 0  # the e-mail input was last polled before the page view came
     assert proc.merger.poll_stale == 1.0
-    proc.merger.look_again(10.5)  # 1.5 s since the e-mail input's poll: not waited for
+    polls["others"] = 10_400  # the consumer goes on polling the others, not the e-mail input
+    proc.merger.look_again(10.5)  # 1.4 s between its poll and theirs: not waited for
     assert proc.run(10.5) == 1
+
+
+def test_a_consumer_that_polls_nothing_has_not_stopped_polling_one_input() -> None:
+    """The consumer's thread short of CPU (the worker busy with a batch) polls no input
+    for a while: the empty e-mail input is still waited for, since it may hold the
+    contact's older records; its next poll decides."""
+    polls = {"events.email": 9_000, "others": 10_000}
+    proc = _view_waiting_for_email(polls)
+    proc.merger.look_again(12.0)  # 3 s after the e-mail input's poll, 2 s after any poll
+    assert proc.run(12.0) == 0
+    polls["events.email"] = polls["others"] = 12_100
+    proc.merger.look_again(12.1)
+    assert proc.run(12.1) == 1
 
 
 def test_a_poll_made_just_before_a_record_came_is_fresh_enough() -> None:

@@ -190,9 +190,12 @@ class Merger:
         #: (topic, partition) -> when the consumer last polled it (ms; its high-water mark
         #: is from then), None if unknown or not tracked; the worker sets it
         self.polled: HighWater = _unknown_position
-        #: seconds after which an input the consumer has not polled is not waited for
-        #: (paused, or the consumer is stuck on it); the worker sets it from its fetch wait
+        #: seconds after which an input the consumer has not polled, while it polled
+        #: others, is not waited for (paused, or the consumer is stuck on it); the worker
+        #: sets it from its fetch wait
         self.poll_stale = POLL_STALE_SECONDS
+        #: the consumer's newest poll of any input (ms), as last looked at; 0: unknown
+        self._newest_poll = 0
         #: live, look at the empty inputs again (:meth:`look_again`) every this many
         #: releases: the consumer's thread fetches meanwhile, and a long run of releases
         #: (a worker catching up) would otherwise pass records fetched for an input that
@@ -492,15 +495,21 @@ class Merger:
         fresh = _NEVER
         polled = self.polled
         check = self._check
-        floor = self._poll_floor(now)
         unchecked = self._unchecked
+        # The poll time first, the high-water mark after it: the mark is then at least as
+        # recent as that poll (the consumer's thread may answer in between).
+        empty: list[tuple[Source, int | None]] = []
+        newest = 0
         for source in self.sources.values():
-            queue = source.queue
-            if source.blocking or (queue is not None and queue.items):
-                continue
-            # The poll time first, the high-water mark after it: the mark is then at least
-            # as recent as that poll (the consumer's thread may answer in between).
             at = polled(source.topic, source.partition)
+            if at is not None and at > newest:
+                newest = at
+            queue = source.queue
+            if not source.blocking and (queue is None or not queue.items):
+                empty.append((source, at))
+        self._newest_poll = newest
+        floor = self._poll_floor(now)
+        for source, at in empty:
             unchecked.discard(source)
             if check(source, now):
                 continue
@@ -510,8 +519,17 @@ class Merger:
 
     def _poll_floor(self, now: float) -> int:
         """The oldest poll time (ms) that still counts: an input polled before it is
-        one the consumer does not fetch, and is not waited for (``poll_stale``)."""
-        return int((now - self.poll_stale) * 1000)
+        one the consumer does not fetch, and is not waited for (``poll_stale``).
+
+        Counted back from the consumer's newest poll of any input, not from now: a
+        consumer that polls nothing (its thread short of CPU while this one works
+        through a batch: event-loop stalls of 0.25 - 0.4 s and checkpoints of 1 - 2 s
+        were logged in soaks on a busy 2-core machine) has not stopped fetching one
+        input, and what it has not looked at may hold older records.
+        """
+        newest = self._newest_poll
+        now_ms = int(now * 1000)
+        return (newest if 0 < newest < now_ms else now_ms) - int(self.poll_stale * 1000)
 
     def _check(self, source: Source, now: float) -> bool:
         """Decide whether ``source`` blocks the release of buffered records (returned)."""
