@@ -23,6 +23,7 @@ from scorestream.offline import OfflineRun, score_lines
 from scorestream.pipeline.merge import (
     AHEAD_SECONDS,
     FRESH_SLACK_MS,
+    POLL_STUCK_SECONDS,
     SLOW_FETCH_FACTOR,
     STALL_SECONDS,
 )
@@ -269,6 +270,18 @@ def test_a_consumer_that_polls_nothing_has_not_stopped_polling_one_input() -> No
     polls["events.email"] = polls["others"] = 12_100
     proc.merger.look_again(12.1)
     assert proc.run(12.1) == 1
+
+
+def test_a_consumer_that_polls_nothing_for_long_is_taken_as_stuck() -> None:
+    """Waiting for a consumer short of CPU has a bound: after POLL_STUCK_SECONDS without
+    any poll, the inputs it has not polled are not waited for, and the release goes on."""
+    polls = {"events.email": 9_000, "others": 10_000}
+    proc = _view_waiting_for_email(polls)
+    stuck = 9.0 + POLL_STUCK_SECONDS  # seconds, when the e-mail input's poll stops counting
+    proc.merger.look_again(stuck - 0.1)
+    assert proc.run(stuck - 0.1) == 0
+    proc.merger.look_again(stuck + 0.1)
+    assert proc.run(stuck + 0.1) == 1
 
 
 def test_a_poll_made_just_before_a_record_came_is_fresh_enough() -> None:

@@ -20,7 +20,9 @@ This is the same idea, over every partition a worker owns at once:
   high-water mark fetched) no earlier than the record was handed to the merge. Otherwise
   a record of another input that reached Kafka while this one waited in the consumer's
   buffers (a worker lagging live producers) could be overtaken. An input not polled for
-  ``poll_stale`` seconds (the consumer does not fetch it) is not waited for;
+  ``poll_stale`` seconds while the consumer polled others (it does not fetch that one)
+  is not waited for, nor one not polled for ``POLL_STUCK_SECONDS`` (the consumer is
+  stuck); a consumer that polled nothing for less than that is only short of CPU;
 * records awaited from a partition on another worker (identity hand-overs) are
   **expected**: the processor holds back only the identified contact's later records
   until the answer comes (or ``expect_wait`` passes); the release as a whole waits for
@@ -73,6 +75,10 @@ AHEAD_SECONDS = 1.0
 FRESH_SLACK_MS = 0
 #: Default of ``Merger.poll_stale``: well above a fetch's wait at the broker
 POLL_STALE_SECONDS = 1.0
+#: A consumer that has polled no input for this long (s) is taken as stuck rather than
+#: short of CPU: the inputs it has not polled since are not waited for (soaks on a busy
+#: 2-core machine logged checkpoints of up to 2.3 s and event-loop stalls of 0.4 s).
+POLL_STUCK_SECONDS = 10.0
 #: ``Merger.polled`` of a source nobody polls: never stale
 _NEVER = 1 << 62
 
@@ -525,11 +531,13 @@ class Merger:
         consumer that polls nothing (its thread short of CPU while this one works
         through a batch: event-loop stalls of 0.25 - 0.4 s and checkpoints of 1 - 2 s
         were logged in soaks on a busy 2-core machine) has not stopped fetching one
-        input, and what it has not looked at may hold older records.
+        input, and what it has not looked at may hold older records. One that has polled
+        nothing for ``POLL_STUCK_SECONDS`` is taken as stuck: the release goes on.
         """
         newest = self._newest_poll
         now_ms = int(now * 1000)
-        return (newest if 0 < newest < now_ms else now_ms) - int(self.poll_stale * 1000)
+        floor = (newest if 0 < newest < now_ms else now_ms) - int(self.poll_stale * 1000)
+        return max(floor, now_ms - int(POLL_STUCK_SECONDS * 1000))
 
     def _check(self, source: Source, now: float) -> bool:
         """Decide whether ``source`` blocks the release of buffered records (returned)."""
