@@ -18,10 +18,14 @@ in the same run against:
   it; skipped with a note if it is missing);
 * and ``scorestream worker --processes 2`` against one process (more workers per host):
   from the start over the backlog (the second process's join and the rebalance
-  included), and on a fresh backlog with the group settled (``--steady-events``; the
-  workers are frozen while it is produced, so the figure is the processing rate). For
-  that phase it also prints the cores used by the workers (the process and its
-  descendants), the broker and itself, and how busy the machine was (``/proc``).
+  included), and in ``--rounds`` rounds on fresh backlogs with both groups settled
+  (``--steady-events`` each). The groups are frozen while a backlog is produced, and
+  then apply it one after the other (the first alternates), the other frozen, so the
+  figures are processing rates that do not compete. For each round it prints the cores
+  used by the workers (the process and its descendants), the broker and itself, how
+  busy the machine was (``/proc``), the CPU per event, and the ratio the machine's CPU
+  allows: the cores left to two processes beside the broker and the benchmark, over
+  the cores one process used.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,21 +88,28 @@ def _stats() -> dict[str, list[str]]:
     return stats
 
 
+def _tree(stats: dict[str, list[str]], root: int) -> set[str]:
+    """A process and its descendants (the supervisor starts its workers in sessions of
+    their own, so a process group does not reach them)."""
+    children: dict[str, list[str]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(fields[1], []).append(pid)  # ppid
+    chosen: set[str] = set()
+    todo = [str(root)]
+    while todo:
+        pid = todo.pop()
+        if pid in stats and pid not in chosen:
+            chosen.add(pid)
+            todo.extend(children.get(pid, ()))
+    return chosen
+
+
 def cpu_of(root: int | None = None, cmdline: bytes = b"") -> float:
-    """CPU seconds (user + system) of a process and its descendants (the supervisor
-    starts its workers in sessions of their own), or of the processes whose command
-    line holds ``cmdline``."""
+    """CPU seconds (user + system) of a process and its descendants, or of the
+    processes whose command line holds ``cmdline``."""
     stats = _stats()
     if root is not None:
-        children: dict[str, list[str]] = {}
-        for pid, fields in stats.items():
-            children.setdefault(fields[1], []).append(pid)  # ppid
-        chosen, todo = set(), [str(root)]
-        while todo:
-            pid = todo.pop()
-            if pid in stats and pid not in chosen:
-                chosen.add(pid)
-                todo.extend(children.get(pid, ()))
+        chosen = _tree(stats, root)
     else:
         chosen = set()
         for pid in stats:
@@ -107,6 +119,15 @@ def cpu_of(root: int | None = None, cmdline: bytes = b"") -> float:
             except OSError:
                 continue
     return sum(_ticks(stats[p]) for p in chosen) / TICK
+
+
+def signal_tree(root: int, signum: int) -> None:
+    """Send ``signum`` to a process and all its descendants."""
+    for pid in _tree(_stats(), root):
+        try:
+            os.kill(int(pid), signum)
+        except ProcessLookupError:
+            continue  # gone meanwhile
 
 
 def machine() -> tuple[float, float]:
@@ -135,15 +156,26 @@ class CpuMeter:
             total,
         )
 
-    def report(self) -> str:
+    def usage(self) -> dict[str, float]:
+        """Cores used since the start: workers, broker, benchmark, machine busy, cores."""
         end = self._sample()
         wall, workers, broker, bench, busy, total = (
             b - a for a, b in zip(self.start, end, strict=True)
         )
-        cores = total / max(wall, 1e-9)
+        wall = max(wall, 1e-9)
+        return {
+            "workers": workers / wall,
+            "broker": broker / wall,
+            "bench": bench / wall,
+            "busy": busy / wall,
+            "cores": total / wall,
+        }
+
+    def report(self) -> str:
+        u = self.usage()
         return (
-            f"workers {workers / wall:.2f} cores, broker {broker / wall:.2f}, "
-            f"benchmark {bench / wall:.2f}, machine {busy / wall:.2f} of {cores:.0f} busy"
+            f"workers {u['workers']:.2f} cores, broker {u['broker']:.2f}, "
+            f"benchmark {u['bench']:.2f}, machine {u['busy']:.2f} of {u['cores']:.0f} busy"
         )
 
 
@@ -256,8 +288,8 @@ def start_worker(
         "SCORESTREAM_WEB_PORT": str(port),
         "SCORESTREAM_RULES": str(ROOT / "rules" / "b2b.yaml"),
         "SCORESTREAM_LOG_LEVEL": "warning",
-        # outlasts the freeze of steady(): no rebalance while the backlog is produced
-        "SCORESTREAM_SESSION_TIMEOUT": "30",
+        # outlasts the freezes of settled_rounds(): no rebalance in the measurement
+        "SCORESTREAM_SESSION_TIMEOUT": "60",
     }
     with open(tmp / "worker.log", "ab") as log:
         return subprocess.Popen(
@@ -299,20 +331,9 @@ def settled(ports: list[int], prefix: str, n: int) -> bool:
     return all(owned) and sorted(parts) == [str(i) for i in range(6)] and total >= n
 
 
-def steady(
-    proc: subprocess.Popen[bytes],
-    ports: list[int],
-    bootstrap: str,
-    prefix: str,
-    n: int,
-    extra: list[dict[str, Any]],
-) -> float:
-    """Rate on a fresh backlog with the group settled (no rebalance in the measurement).
-
-    The workers are frozen (SIGSTOP) while the backlog is produced, so it is all in
-    Kafka when they go on; the session timeout of the bench workers (30 s) outlasts the
-    freeze, so no rebalance follows.
-    """
+def wait_settled(ports: list[int], prefix: str, n: int) -> None:
+    """Until every process owns partitions, together all six, ``n`` events are applied,
+    and that has held for 3 s."""
     deadline = time.monotonic() + 300
     stable_since = None
     while True:
@@ -320,27 +341,87 @@ def steady(
         if settled(ports, prefix, n):
             stable_since = stable_since or time.monotonic()
             if time.monotonic() - stable_since > 3:
-                break
+                return
         else:
             stable_since = None
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGSTOP)
-    try:
-        produce_all(bootstrap, prefix, extra)
-    finally:
-        os.killpg(proc.pid, signal.SIGCONT)
+
+
+def freeze(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a worker and, with ``--processes``, the workers it supervises."""
+    signal_tree(proc.pid, signal.SIGSTOP)
+
+
+def thaw(proc: subprocess.Popen[bytes]) -> None:
+    signal_tree(proc.pid, signal.SIGCONT)
+
+
+def catch_up(
+    proc: subprocess.Popen[bytes], ports: list[int], prefix: str, target: int, count: int
+) -> tuple[float, dict[str, float]]:
+    """Thaw a frozen group with ``count`` events waiting, time it until it has applied
+    ``target`` in all, freeze it again: (events/s, cores used meanwhile)."""
+    thaw(proc)
     began = time.time()
     meter = CpuMeter(proc.pid)
-    target = n + len(extra)
-    while time.monotonic() < deadline + 300:
-        if sum(input_progress(port, prefix) for port in ports) >= target:
-            rate = len(extra) / (time.time() - began)
-            print(
-                f"  steady phase, {len(ports)} process(es): {rate:,.0f} events/s; {meter.report()}"
-            )
-            return rate
+    deadline = time.monotonic() + 300
+    while sum(input_progress(port, prefix) for port in ports) < target:
+        assert time.monotonic() < deadline, "the workers did not apply the fresh backlog"
         time.sleep(0.02)
-    raise AssertionError("the workers did not apply the fresh backlog")
+    rate = count / (time.time() - began)
+    usage = meter.usage()
+    freeze(proc)
+    return rate, usage
+
+
+def settled_rounds(
+    groups: dict[int, tuple[subprocess.Popen[bytes], list[int]]],
+    bootstrap: str,
+    prefix: str,
+    done: int,
+    backlog: Callable[[], list[dict[str, Any]]],
+    rounds: int,
+) -> list[dict[int, tuple[float, dict[str, float]]]]:
+    """One process against two on the same fresh backlogs, in turn, with the groups
+    settled (no rebalance in the measurement).
+
+    Both groups (``processes -> (supervisor, web ports)``) are frozen (SIGSTOP) while a
+    backlog is produced, so it is all in Kafka when one goes on; each then applies it
+    alone while the other stays frozen, so neither takes CPU from the other. Which group
+    goes first alternates between rounds, so a drift of the machine over the rounds
+    (the broker warming up, a neighbour's load) does not favour one. The workers' session
+    timeout (60 s here) outlasts the freezes, so no rebalance follows.
+    """
+    results = []
+    for index in range(rounds):
+        extra = backlog()
+        produce_all(bootstrap, prefix, extra)
+        done += len(extra)
+        order = sorted(groups) if index % 2 == 0 else sorted(groups, reverse=True)
+        result = {}
+        for processes in order:
+            proc, ports = groups[processes]
+            result[processes] = catch_up(proc, ports, prefix, done, len(extra))
+        results.append(result)
+    return results
+
+
+def describe_round(index: int, result: dict[int, tuple[float, dict[str, float]]]) -> str:
+    """A round's figures, with the ratio the CPU left to two processes would allow at one
+    process's CPU per event (a ratio above it means the two spent less per event)."""
+    (one, u1), (two, u2) = result[1], result[2]
+    # If two processes spent per event the CPU one process does, they could go at most
+    # as much faster as the cores they could get (all but the broker's and this
+    # benchmark's share during their phase) exceed the cores one process used.
+    ceiling = (u2["cores"] - u2["broker"] - u2["bench"]) / max(u1["workers"], 1e-9)
+    return (
+        f"  round {index + 1}: one process {one:,.0f} events/s ({u1['workers']:.2f} cores, "
+        f"{u1['workers'] / one * 1e6:.0f} us per event; broker {u1['broker']:.2f}), "
+        f"two processes {two:,.0f} ({u2['workers']:.2f} cores, "
+        f"{u2['workers'] / two * 1e6:.0f} us per event; broker {u2['broker']:.2f}, "
+        f"machine {u2['busy']:.2f} of {u2['cores']:.0f} busy): ratio {two / one:.2f}; "
+        f"at one process's CPU per event the cores left would allow {ceiling:.2f}"
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -499,6 +580,13 @@ def main() -> None:
         default=100_000,
         help="fresh backlog produced while the settled workers are frozen (steady rate)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="settled rounds, each a fresh backlog applied by one process and by two in "
+        "turn (the first alternates)",
+    )
     args = parser.parse_args()
 
     prefix = f"bench-{uuid.uuid4().hex[:6]}-"
@@ -537,16 +625,29 @@ def main() -> None:
             noop = run_faust("noop", args.bootstrap, prefix, n, tmp)
             table = run_faust("table", args.bootstrap, prefix, n, tmp)
             quix = run_quix(args.bootstrap, prefix, n, tmp)
-            two = two_steady = None
-            extra = fresh(args.steady_events)
-            total = n
+            two = pair = None
             if args.processes:
-                two, pair = run_worker(args.bootstrap, prefix, total, tmp, 6097, processes=2)
-                two_steady = steady(pair, [6097, 6098], args.bootstrap, prefix, total, extra)
-                total += len(extra)
+                two, pair = run_worker(args.bootstrap, prefix, n, tmp, 6097, processes=2)
+                wait_settled([6097, 6098], prefix, n)
+                freeze(pair)
+            ours, worker = run_worker(args.bootstrap, prefix, n, tmp, 6099)
+            wait_settled([6099], prefix, n)
+            freeze(worker)
+            groups = {1: (worker, [6099])}
+            if pair is not None:
+                groups[2] = (pair, [6097, 6098])
+            rounds = settled_rounds(
+                groups,
+                args.bootstrap,
+                prefix,
+                n,
+                lambda: fresh(args.steady_events),
+                args.rounds,
+            )
+            thaw(worker)
+            if pair is not None:
+                thaw(pair)
                 stop(pair)
-            ours, worker = run_worker(args.bootstrap, prefix, total, tmp, 6099)
-            one_steady = steady(worker, [6099], args.bootstrap, prefix, total, fresh(len(extra)))
             print(f"{'consumer':<52}{'events/s':>10}{'x no-op':>10}")
             rows = [
                 ("Faust no-op agent", noop),
@@ -565,15 +666,25 @@ def main() -> None:
                     f"two processes / one process from start (rebalance included): {two / ours:.2f}"
                 )
             print(
-                f"steady backlog of {len(extra):,} events, group settled: one process "
-                f"{one_steady:,.0f} events/s"
-                + (
-                    f", two processes {two_steady:,.0f} events/s, ratio "
-                    f"{two_steady / one_steady:.2f}"
-                    if two_steady is not None
-                    else ""
-                )
+                f"settled backlogs of {args.steady_events:,} events, the groups in turn "
+                "(rate, worker cores and CPU per event, broker cores):"
             )
+            for index, result in enumerate(rounds):
+                if 2 in result:
+                    print(describe_round(index, result))
+                else:
+                    rate, use = result[1]
+                    print(
+                        f"  round {index + 1}: one process {rate:,.0f} events/s "
+                        f"({use['workers']:.2f} cores; broker {use['broker']:.2f})"
+                    )
+            if pair is not None:
+                ratios = sorted(r[2][0] / r[1][0] for r in rounds)
+                print(
+                    "two processes / one process, settled: "
+                    + ", ".join(f"{x:.2f}" for x in ratios)
+                    + f" (median {statistics.median(ratios):.2f})"
+                )
             if quix is not None:
                 print(f"scorestream worker / quix-streams peer: {ours / quix:.2f}")
             for rate in (float(r) for r in args.rates.split(",") if r.strip()):
