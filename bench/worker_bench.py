@@ -3,7 +3,7 @@ broker and topics, and end-to-end latency at steady rates (event produced -> cro
 consumed).
 
     .venv/bin/python bench/worker_bench.py [--events 60000] [--rates 1000,1000,1000,5000]
-        [--seconds 20] [--no-processes]
+        [--seconds 20] [--no-processes] [--rounds 3] [--steady-events 100000]
 
 Needs the local broker (`scorestream broker start`). Every run uses fresh topics with a
 unique prefix and deletes them at the end. Throughput figures are events per second from
