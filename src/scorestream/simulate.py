@@ -579,11 +579,14 @@ def simulate_command(args: argparse.Namespace) -> int:
         if producer is not None:
             missing = await_leaders(producer, sorted(set(topics.values())), LEADER_WAIT)
             if missing:
+                # Nothing could be delivered to them: say so now, not after a flush.
                 print(
-                    f"scorestream: no leader yet for {', '.join(missing)} after "
-                    f"{LEADER_WAIT:.0f} s; events to them wait in the producer",
+                    f"scorestream: no leader for {', '.join(missing)} after "
+                    f"{LEADER_WAIT:.0f} s: is Kafka at {settings.bootstrap} up, and were "
+                    "the topics created (`scorestream topics apply`)?",
                     file=sys.stderr,
                 )
+                return EXIT_FAILURE
         try:
             sent, bad = _run(args, traffic, start is None, out, producer, topics)
         finally:

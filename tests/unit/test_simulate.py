@@ -9,9 +9,10 @@ from itertools import islice, product
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import pytest
 
-from scorestream import cli
+from scorestream import cli, simulate
 from scorestream.engine.events import InvalidEvent, decode_event
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
 from scorestream.simulate import (
@@ -422,3 +423,31 @@ def test_simulate_names_the_topics_still_without_a_leader_after_the_wait() -> No
     began = time.monotonic()
     assert await_leaders(producer, ["t.email", "t.profile"], timeout=0.3) == ["t.profile"]
     assert 0.3 <= time.monotonic() - began < 5.0
+
+
+def test_simulate_fails_at_once_when_its_topics_have_no_leader(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Kafka down, or the topics not created: nothing could be delivered, so simulate
+    says why and exits 1 before it produces anything (not after a 30 s flush)."""
+    produced: list[object] = []
+
+    class Leaderless(_LeaderlessProducer):
+        def __init__(self, config: dict[str, object]) -> None:
+            super().__init__("", ready=0)
+
+        def list_topics(self, topic: str, timeout: float) -> _Metadata:
+            return _Metadata({topic: _Topic([-1])})
+
+        def produce(self, *args: object, **kwargs: object) -> None:
+            produced.append(args)
+
+    monkeypatch.setattr(confluent_kafka, "Producer", Leaderless)
+    monkeypatch.setattr(simulate, "LEADER_WAIT", 0.2)
+    monkeypatch.chdir(tmp_path)  # no scorestream.toml of the checkout
+    code = cli.main(["simulate", "--events", "10", "--out", str(tmp_path / "events.jsonl")])
+    assert code == cli.EXIT_FAILURE
+    assert produced == []
+    err = capsys.readouterr().err
+    assert "no leader for" in err and "events.page_view" in err
+    assert "scorestream topics apply" in err
