@@ -239,10 +239,7 @@ def _view_waiting_for_email(polls: dict[str, int]) -> Processor:
         "events.email" if (topic, part) == ("events.email", p) else "others"
     ]
     proc.refresh(10.0)
-    source = proc.receive("events.page_view", p, 0, cluster.logs[("events.page_view", p)][0], 10.0)
-    assert source is not None
-    proc.merger.fetched(source, 10_000)
-    proc.merger.look_again(10.0)
+    _arrive(cluster, proc, "events.page_view", p, 10_000, 10.0)
     return proc
 
 
