@@ -624,14 +624,14 @@ def main() -> None:
         return out
 
     print(f"{n} events of simulated traffic pre-loaded into {prefix}* (6 partitions each)")
-    worker = None
+    worker = pair = None
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         try:
             noop = run_faust("noop", args.bootstrap, prefix, n, tmp)
             table = run_faust("table", args.bootstrap, prefix, n, tmp)
             quix = run_quix(args.bootstrap, prefix, n, tmp)
-            two = pair = None
+            two = None
             if args.processes:
                 two, pair = run_worker(args.bootstrap, prefix, n, tmp, 6097, processes=2)
                 wait_settled([6097, 6098], prefix, n)
@@ -654,6 +654,7 @@ def main() -> None:
             if pair is not None:
                 thaw(pair)
                 stop(pair)
+                pair = None
             print(f"{'consumer':<52}{'events/s':>10}{'x no-op':>10}")
             rows = [
                 ("Faust no-op agent", noop),
@@ -684,7 +685,7 @@ def main() -> None:
                         f"  round {index + 1}: one process {rate:,.0f} events/s "
                         f"({use['workers']:.2f} cores; broker {use['broker']:.2f})"
                     )
-            if pair is not None:
+            if two is not None:
                 ratios = sorted(r[2][0] / r[1][0] for r in rounds)
                 print(
                     "two processes / one process, settled: "
@@ -702,8 +703,12 @@ def main() -> None:
                     f"({lat['samples']} of {lat['expected']} crossings seen)"
                 )
         finally:
-            if worker is not None:
-                stop(worker)
+            # Thawed first: a frozen worker would not act on the SIGTERM (a failure
+            # during the rounds left both groups stopped, the pair for good).
+            for proc in (pair, worker):
+                if proc is not None:
+                    thaw(proc)
+                    stop(proc)
             if args.keep_log and (tmp / "worker.log").exists():
                 Path(args.keep_log).write_bytes((tmp / "worker.log").read_bytes())
             delete_prefixed(settings)
