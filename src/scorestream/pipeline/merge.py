@@ -219,7 +219,7 @@ class Merger:
         self._heap: list[tuple[int, Key, int, Queue, Record]] = []
         self._seq = 0
         self.sources: dict[tuple[str, int], Source] = {}
-        self.peers: dict[tuple[int, int], Queue] = {}
+        self.peers: dict[tuple[int, int, bool], Queue] = {}
         self._blocking: set[Source] = set()
         #: sources that emptied and are looked at only when something waits to be released
         self._unchecked: set[Source] = set()
@@ -296,16 +296,26 @@ class Merger:
         heapq.heapify(self._heap)
         return left
 
-    def peer(self, partition: int, sender: int) -> Queue:
-        """The queue of ``partition`` for records released by ``sender``."""
-        queue = self.peers.get((partition, sender))
+    def peer(self, partition: int, sender: int, kafka: bool = False) -> Queue:
+        """The queue of ``partition`` for records released by ``sender``.
+
+        Records that came through Kafka (``kafka``) have a queue of their own, apart
+        from those this worker's own ``sender`` hands over in memory: after a rebalance
+        the repartition topic still holds records a previous owner of ``sender`` sent,
+        often ahead of the replay, and one queue for both held a record made in memory
+        behind a Kafka record with a later key (the contact's events between the two
+        were applied before its hand-over; found by a kill -9 soak with two workers).
+        """
+        pair = (partition, sender, kafka)
+        queue = self.peers.get(pair)
         if queue is None:
-            queue = self.peers[(partition, sender)] = Queue(partition, f"from {sender}", None)
+            label = f"from {sender} through Kafka" if kafka else f"from {sender}"
+            queue = self.peers[pair] = Queue(partition, label, None)
         return queue
 
     def peer_queues(self, partition: int) -> Iterator[Queue]:
         """Every peer queue of a partition."""
-        return (q for (p, _), q in self.peers.items() if p == partition)
+        return (q for (p, _, _), q in self.peers.items() if p == partition)
 
     # ------------------------------------------------------------------ input
 

@@ -493,7 +493,7 @@ class Processor:
         record.anchor = (partition, REPARTITION, offset)
         if record.kind == STATE:
             merger.fulfil(_token(record.merge_id, record.to))
-        merger.insert(merger.peer(partition, record.sender), record)
+        merger.insert(merger.peer(partition, record.sender, kafka=True), record)
         merger.arrived(source, offset, now)
 
     # ------------------------------------------------------------------ release
