@@ -73,6 +73,12 @@ def main() -> int:
     ap.add_argument(
         "--settle", action="store_true", help="start the traffic once the group has settled"
     )
+    ap.add_argument(
+        "--backlog",
+        action="store_true",
+        help="publish everything before the workers start (no producer skew: a difference "
+        "is the workers', not an event that reached Kafka late)",
+    )
     a = ap.parse_args()
     bs = a.bootstrap
     prefix = f"soak-{uuid.uuid4().hex[:6]}-"
@@ -84,6 +90,22 @@ def main() -> int:
     rng = random.Random(a.seed)
     workers: list[WorkerProc] = []
     try:
+        env = {
+            **os.environ,
+            "SCORESTREAM_BOOTSTRAP": bs,
+            "SCORESTREAM_TOPIC_PREFIX": prefix,
+            "SCORESTREAM_TOPICS_DIR": str(ROOT / "topics"),
+        }
+        events = tmp / "events.jsonl"
+        with open(tmp / "simulate.log", "w") as log:
+            sim = subprocess.Popen(
+                [SCORESTREAM, "simulate", "--events", str(a.events), "--contacts", str(a.contacts),
+                 "--seed", str(a.seed), "--bad-ratio", "0.01", "--out", str(events),
+                 "--start", a.start],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            ) if a.backlog else None  # fmt: skip
+        if sim is not None:
+            sim.wait()
         for i in range(a.workers):
             workers.append(WorkerProc(f"w{i}-0", bs, prefix, tmp / f"s{i}", plan).start())
         for w in workers:
@@ -101,20 +123,14 @@ def main() -> int:
                 ]
                 stable_since = (stable_since or time.monotonic()) if settled else None
                 time.sleep(0.2)
-        env = {
-            **os.environ,
-            "SCORESTREAM_BOOTSTRAP": bs,
-            "SCORESTREAM_TOPIC_PREFIX": prefix,
-            "SCORESTREAM_TOPICS_DIR": str(ROOT / "topics"),
-        }
-        events = tmp / "events.jsonl"
-        with open(tmp / "simulate.log", "w") as log:
-            sim = subprocess.Popen(
-                [SCORESTREAM, "simulate", "--events", str(a.events), "--contacts", str(a.contacts),
-                 "--seed", str(a.seed), "--bad-ratio", "0.01", "--out", str(events),
-                 "--start", a.start],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        if sim is None:
+            with open(tmp / "simulate.log", "w") as log:
+                sim = subprocess.Popen(
+                    [SCORESTREAM, "simulate", "--events", str(a.events), "--contacts",
+                     str(a.contacts), "--seed", str(a.seed), "--bad-ratio", "0.01", "--out",
+                     str(events), "--start", a.start],
+                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
         kills = 0
         restarts = [0] * a.workers
         began = time.monotonic()
