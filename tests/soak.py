@@ -33,12 +33,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from confluent_kafka.admin import AdminClient, ConfigResource  # noqa: E402
 from support import WorkerProc, read_topic, wait_processed  # noqa: E402
 
 from scorestream.settings import Settings  # noqa: E402
 from scorestream.topics import apply, delete_prefixed, load_declarations  # noqa: E402
 
 SCORESTREAM = str(ROOT / ".venv" / "bin" / "scorestream")
+INPUTS = ("page_view", "email", "form", "cart", "custom")
 
 
 def crossings(bootstrap: str, topic: str) -> tuple[dict[str, dict[str, Any]], int]:
@@ -74,6 +76,12 @@ def main() -> int:
         "--settle", action="store_true", help="start the traffic once the group has settled"
     )
     ap.add_argument(
+        "--append-time",
+        action="store_true",
+        help="input topics keep the broker's append time (LogAppendTime), to tell an "
+        "event that reached Kafka late from one the workers applied out of order",
+    )
+    ap.add_argument(
         "--backlog",
         action="store_true",
         help="publish everything before the workers start (no producer skew: a difference "
@@ -84,6 +92,21 @@ def main() -> int:
     prefix = f"soak-{uuid.uuid4().hex[:6]}-"
     settings = Settings(bootstrap=bs, topic_prefix=prefix, topics_dir=str(ROOT / "topics"))
     apply(load_declarations(ROOT / "topics"), settings)
+    if a.append_time:
+        admin = AdminClient({"bootstrap.servers": bs})
+        inputs = [prefix + t for t in ("contacts.profile", *(f"events.{n}" for n in INPUTS))]
+        futures = admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResource.Type.TOPIC,
+                    topic,
+                    set_config={"message.timestamp.type": "LogAppendTime"},
+                )
+                for topic in inputs
+            ]
+        )
+        for future in futures.values():
+            future.result(30)
     tmp = ROOT / "var" / "soak" / prefix
     tmp.mkdir(parents=True)
     plan = ROOT / a.plan
