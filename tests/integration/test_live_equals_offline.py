@@ -55,6 +55,21 @@ def publish_backlog(
     return bad
 
 
+def publish_across_workers(
+    bootstrap: str, prefix: str, seed: int, bad_every: int
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Traffic that is exact across workers, published: (events, bad messages, total).
+
+    Across workers the result is exact unless an anonymous id has events after its
+    identify (README, "Known limits"); this traffic has none.
+    """
+    raws = journeys(
+        600, seed=seed, cookie_after_identify=0.0, identify_delay=(1, 5), late_share=0.0
+    )
+    bad = publish_backlog(bootstrap, prefix, raws, bad_every=bad_every, seed=seed)
+    return raws, bad, len(raws) + bad
+
+
 def settle(workers: list[WorkerProc], bootstrap: str, prefix: str) -> None:
     """Everything processed, and the stream quiet long enough for time to reach its end."""
     wait_processed(bootstrap, prefix, workers)
@@ -140,11 +155,7 @@ def test_three_kill_9_in_the_backlog_change_nothing(
 def test_a_second_worker_joining_and_leaving_changes_nothing(
     kafka_bootstrap: str, topic_prefix: str, kafka_topics: Any, tmp_path: Path
 ) -> None:
-    # Across workers the result is exact unless an anonymous id has events after its
-    # identify (README, "Known limits"); this traffic has none.
-    raws = journeys(600, seed=23, cookie_after_identify=0.0, identify_delay=(1, 5), late_share=0.0)
-    bad = publish_backlog(kafka_bootstrap, topic_prefix, raws, bad_every=89, seed=23)
-    total = len(raws) + bad
+    raws, bad, total = publish_across_workers(kafka_bootstrap, topic_prefix, 23, 89)
     first = WorkerProc("a", kafka_bootstrap, topic_prefix, tmp_path / "a", PLAN)
     second = WorkerProc("b", kafka_bootstrap, topic_prefix, tmp_path / "b", PLAN)
     first.start()
@@ -184,9 +195,7 @@ def test_two_workers_with_kill_9_in_the_backlog_change_nothing(
     # soak found (114 and 606 crossings differed on 150,000 events; it passed twice
     # on the commit before the fix, also with 2,000 journeys): that bug is pinned by
     # test_processor's take-over test. This one holds the whole path on a real broker.
-    raws = journeys(600, seed=24, cookie_after_identify=0.0, identify_delay=(1, 5), late_share=0.0)
-    bad = publish_backlog(kafka_bootstrap, topic_prefix, raws, bad_every=83, seed=24)
-    total = len(raws) + bad
+    raws, bad, total = publish_across_workers(kafka_bootstrap, topic_prefix, 24, 83)
     workers = [
         WorkerProc(f"{name}0", kafka_bootstrap, topic_prefix, tmp_path / name, PLAN).start()
         for name in ("a", "b")

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from support import WorkerProc, processed
-from test_live_equals_offline import PLAN, assert_live_equals_offline, publish_backlog, settle
-
-from traffic import journeys
+from test_live_equals_offline import (
+    PLAN,
+    assert_live_equals_offline,
+    publish_across_workers,
+    settle,
+)
 
 
 def two_free_ports() -> int:
@@ -46,11 +49,7 @@ def child_pid(log: Path, index: int) -> int:
 def test_two_processes_share_the_partitions_and_survive_a_kill_9(
     kafka_bootstrap: str, topic_prefix: str, kafka_topics: Any, tmp_path: Path
 ) -> None:
-    # Across workers the result is exact unless an anonymous id has events after its
-    # identify (README, "Known limits"); this traffic has none.
-    raws = journeys(600, seed=31, cookie_after_identify=0.0, identify_delay=(1, 5), late_share=0.0)
-    bad = publish_backlog(kafka_bootstrap, topic_prefix, raws, bad_every=83, seed=31)
-    total = len(raws) + bad
+    raws, bad, total = publish_across_workers(kafka_bootstrap, topic_prefix, 31, 83)
     port = two_free_ports()
     state = tmp_path / "state"
     sup = WorkerProc("sup", kafka_bootstrap, topic_prefix, state, PLAN, port=port)
