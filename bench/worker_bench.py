@@ -429,6 +429,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(90)
 
 
+def _percentiles(values: list[float]) -> list[float]:
+    """The 99 percentile cut points of ``values`` (NaN with fewer than two)."""
+    if len(values) < 2:
+        return [float("nan")] * 99
+    # "inclusive": within the samples (the default extrapolates past the largest when
+    # there are few, as at 20 events/s: a p99 above the max was printed)
+    return statistics.quantiles(values, n=100, method="inclusive")
+
+
 def latency(
     bootstrap: str, prefix: str, rate: float, seconds: float, linger_ms: float = 5.0
 ) -> dict[str, float]:
@@ -540,20 +549,8 @@ def latency(
     stop.set()
     reader.join(5)
     consumer.close()
-    latencies.sort()
-    # "inclusive": within the samples (the default extrapolates past the largest when
-    # there are few, as at 20 events/s: a p99 above the max was printed)
-    q = (
-        statistics.quantiles(latencies, n=100, method="inclusive")
-        if len(latencies) >= 2
-        else [float("nan")] * 99
-    )
-    produced.sort()
-    qp = (
-        statistics.quantiles(produced, n=100, method="inclusive")
-        if len(produced) >= 2
-        else [float("nan")] * 99
-    )
+    q = _percentiles(latencies)
+    qp = _percentiles(produced)
     return {
         "samples": len(latencies),
         "expected": len(sent),

@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from confluent_kafka.admin import AdminClient, ConfigResource  # noqa: E402
 from support import WorkerProc, read_topic, wait_processed  # noqa: E402
 
+from scorestream.pipeline.routing import INPUT_TOPICS  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
 from scorestream.topics import apply, delete_prefixed, load_declarations  # noqa: E402
 
 SCORESTREAM = str(ROOT / ".venv" / "bin" / "scorestream")
-INPUTS = ("page_view", "email", "form", "cart", "custom")
 
 
 def crossings(bootstrap: str, topic: str) -> tuple[dict[str, dict[str, Any]], int]:
@@ -94,7 +94,7 @@ def main() -> int:
     apply(load_declarations(ROOT / "topics"), settings)
     if a.append_time:
         admin = AdminClient({"bootstrap.servers": bs})
-        inputs = [prefix + t for t in ("contacts.profile", *(f"events.{n}" for n in INPUTS))]
+        inputs = [prefix + t for t in INPUT_TOPICS]
         futures = admin.alter_configs(
             [
                 ConfigResource(
@@ -120,14 +120,19 @@ def main() -> int:
             "SCORESTREAM_TOPICS_DIR": str(ROOT / "topics"),
         }
         events = tmp / "events.jsonl"
-        with open(tmp / "simulate.log", "w") as log:
-            sim = subprocess.Popen(
-                [SCORESTREAM, "simulate", "--events", str(a.events), "--contacts", str(a.contacts),
-                 "--seed", str(a.seed), "--bad-ratio", "0.01", "--out", str(events),
-                 "--start", a.start],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            ) if a.backlog else None  # fmt: skip
-        if sim is not None:
+
+        def start_simulate() -> subprocess.Popen[bytes]:
+            with open(tmp / "simulate.log", "w") as log:
+                return subprocess.Popen(
+                    [SCORESTREAM, "simulate", "--events", str(a.events), "--contacts",
+                     str(a.contacts), "--seed", str(a.seed), "--bad-ratio", "0.01", "--out",
+                     str(events), "--start", a.start],
+                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+
+        sim = None
+        if a.backlog:
+            sim = start_simulate()
             sim.wait()
         for i in range(a.workers):
             workers.append(WorkerProc(f"w{i}-0", bs, prefix, tmp / f"s{i}", plan).start())
@@ -147,13 +152,7 @@ def main() -> int:
                 stable_since = (stable_since or time.monotonic()) if settled else None
                 time.sleep(0.2)
         if sim is None:
-            with open(tmp / "simulate.log", "w") as log:
-                sim = subprocess.Popen(
-                    [SCORESTREAM, "simulate", "--events", str(a.events), "--contacts",
-                     str(a.contacts), "--seed", str(a.seed), "--bad-ratio", "0.01", "--out",
-                     str(events), "--start", a.start],
-                    env=env, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+            sim = start_simulate()
         kills = 0
         restarts = [0] * a.workers
         began = time.monotonic()
