@@ -313,10 +313,6 @@ class Merger:
             queue = self.peers[pair] = Queue(partition, label, None)
         return queue
 
-    def peer_queues(self, partition: int) -> Iterator[Queue]:
-        """Every peer queue of a partition."""
-        return (q for (p, _, _), q in self.peers.items() if p == partition)
-
     # ------------------------------------------------------------------ input
 
     def push(self, queue: Queue, record: Record) -> None:
