@@ -236,3 +236,54 @@ def test_crossings_reach_open_pages_as_server_sent_events() -> None:
         resp.close()
 
     run(scenario)
+
+
+class FlakyOffsets:
+    """A consumer whose watermark query fails with ``errors`` first, then answers."""
+
+    def __init__(self, errors: list[int]) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def get_watermark_offsets(self, partition: Any, timeout: float, cached: bool) -> Any:
+        from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
+
+        self.calls += 1
+        assert not cached and timeout > 0
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return (3, 17)
+
+
+def test_a_partition_changing_hands_is_asked_again_until_it_answers() -> None:
+    import time  # noqa: PLC0415
+
+    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
+
+    from scorestream.board.server import watermarks  # noqa: PLC0415
+
+    consumer = FlakyOffsets([KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE])
+    got = watermarks(consumer, "p", time.monotonic() + 5, KafkaException)
+    assert got == (3, 17)
+    assert consumer.calls == 3
+
+
+def test_other_errors_and_the_deadline_end_the_retries() -> None:
+    import time  # noqa: PLC0415
+
+    import pytest  # noqa: PLC0415
+    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
+
+    from scorestream.board.server import watermarks  # noqa: PLC0415
+
+    denied = FlakyOffsets([KafkaError.TOPIC_AUTHORIZATION_FAILED])
+    with pytest.raises(KafkaException, match="authorization"):
+        watermarks(denied, "p", time.monotonic() + 5, KafkaException)
+    assert denied.calls == 1
+
+    stuck = FlakyOffsets([KafkaError.NOT_LEADER_FOR_PARTITION] * 1000)
+    started = time.monotonic()
+    with pytest.raises(KafkaException, match="Not leader"):
+        watermarks(stuck, "p", started + 0.5, KafkaException)
+    assert 0.3 < time.monotonic() - started < 2
+    assert 3 <= stuck.calls < 10
