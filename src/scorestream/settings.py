@@ -112,6 +112,16 @@ class Settings:
             "other topics' later events without it (Kafka Streams' max.task.idle.ms)"
         },
     )
+    merge_fresh_poll: bool = field(
+        default=True,
+        metadata={
+            "doc": "before applying an event past an input read to its end, wait for a "
+            "fetch of that input made after the event reached the worker (docs/rules.md, "
+            "late events); false: lower latency, but an event that reaches Kafka while a "
+            "newer one of its contact waits in the worker can be applied after it "
+            "(README, Benchmarks)"
+        },
+    )
     merge_buffer: int = field(
         default=20_000,
         metadata={"doc": "messages buffered per topic-partition before fetching it pauses"},

@@ -305,6 +305,29 @@ def test_a_poll_made_just_before_a_record_came_is_fresh_enough() -> None:
         assert proc.run(10.0) == released
 
 
+def test_without_fresh_polls_a_record_passes_inputs_polled_before_it_came() -> None:
+    """``SCORESTREAM_MERGE_FRESH_POLL=false``: the page view passes the empty e-mail
+    input polled a second before the page view came, as far as the high-water marks
+    allow; with the default it waits for that input's next poll."""
+    polls = {"events.email": 9_000, "others": 10_000}
+    for fresh, released in ((True, 0), (False, 1)):
+        cluster = Cluster()
+        proc = Member(cluster, Engine(PARITY), range(N)).proc
+        assert proc.merger.fresh_polls  # the default
+        proc.merger.fresh_polls = fresh
+        p = partition_for("c-1", N)
+        cluster.publish([ev(2, "page_view", 5, contact_id="c-1", props={"url": "/pricing"})])
+        proc.merger.highwater = lambda topic, part, p=p: (
+            1 if (topic, part) == ("events.page_view", p) else 0
+        )
+        proc.merger.polled = lambda topic, part, p=p: polls[
+            "events.email" if (topic, part) == ("events.email", p) else "others"
+        ]
+        proc.refresh(10.0)
+        _arrive(cluster, proc, "events.page_view", p, 10_000, 10.0)
+        assert proc.run(10.0) == released
+
+
 def test_a_long_run_of_releases_looks_at_the_empty_inputs_again() -> None:
     """A worker catching up releases thousands of records per run while the consumer's
     thread fetches: every ``look_every`` releases the empty inputs' high-water marks

@@ -143,6 +143,7 @@ class Runtime:
         #: set when a batch leaves records waiting in the merge: the pump looks again soon
         self.wake_pump = asyncio.Event()
         self.processor.merger.look_every = LOOK_EVERY
+        self.processor.merger.fresh_polls = self.settings.merge_fresh_poll
         self.processor.merger.poll_stale = max(
             merge.POLL_STALE_SECONDS, 5 * self.settings.fetch_max_wait_ms / 1000
         )

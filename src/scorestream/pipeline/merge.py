@@ -208,6 +208,12 @@ class Merger:
         #: looked caught up when the run began. 0: never (offline, or the caller looks).
         self.look_every = 0
         self._until_look = 0
+        #: live, a record passes an empty, caught-up input only after a poll of it made
+        #: once the record reached the merge (see :meth:`fetched`). False: at once, as far
+        #: as the high-water marks allow (``SCORESTREAM_MERGE_FRESH_POLL``): lower latency,
+        #: but an event reaching Kafka while a newer one of its contact waits in the
+        #: consumer's buffers can be applied after it.
+        self.fresh_polls = True
         #: the oldest poll time of the empty, caught-up sources (see :meth:`fetched`)
         self._fresh = _NEVER
         #: the head waits for an empty source to be polled again
@@ -496,7 +502,7 @@ class Merger:
         """Records were just queued for ``source`` at ``polled`` (ms, the clock of
         :attr:`polled`): they are released only past empty sources polled since (see
         :meth:`look_again`)."""
-        if polled is not None:
+        if polled is not None and self.fresh_polls:
             polled -= FRESH_SLACK_MS
             source.fetched_at = max(source.fetched_at, polled)
 
