@@ -883,6 +883,11 @@ def main(args: argparse.Namespace) -> int:
         settings.web_port,
         "compiled engine" if scorestream.compiled() else "pure-Python engine",
     )
+    if not settings.merge_fresh_poll:
+        log.warning(
+            "SCORESTREAM_MERGE_FRESH_POLL=false: events that reach Kafka while a newer "
+            "event of their contact waits here may be applied after it (not as `score`)"
+        )
     worker = faust.Worker(runtime.app, loglevel=settings.log_level.upper(), logfile=None)
     # At level warning or above, Faust's start-up spinner sets the root logger to DEBUG
     # (so that every log record turns it) and leaves it there: every debug call of
