@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from confluent_kafka import KafkaError, KafkaException
 
 from scorestream.access import session_value
-from scorestream.board.server import COOKIE, BoardService, Feed, Record, build_app
+from scorestream.board.server import COOKIE, BoardService, Feed, Record, build_app, watermarks
 from scorestream.settings import Settings
 
 TOKEN = "board-test-token"
@@ -246,8 +249,6 @@ class FlakyOffsets:
         self.calls = 0
 
     def get_watermark_offsets(self, partition: Any, timeout: float, cached: bool) -> Any:
-        from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
-
         self.calls += 1
         assert not cached and timeout > 0
         if self.errors:
@@ -256,12 +257,6 @@ class FlakyOffsets:
 
 
 def test_a_partition_changing_hands_is_asked_again_until_it_answers() -> None:
-    import time  # noqa: PLC0415
-
-    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
-
-    from scorestream.board.server import watermarks  # noqa: PLC0415
-
     consumer = FlakyOffsets([KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE])
     got = watermarks(consumer, "p", time.monotonic() + 5, KafkaException)
     assert got == (3, 17)
@@ -269,13 +264,6 @@ def test_a_partition_changing_hands_is_asked_again_until_it_answers() -> None:
 
 
 def test_other_errors_and_the_deadline_end_the_retries() -> None:
-    import time  # noqa: PLC0415
-
-    import pytest  # noqa: PLC0415
-    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
-
-    from scorestream.board.server import watermarks  # noqa: PLC0415
-
     denied = FlakyOffsets([KafkaError.TOPIC_AUTHORIZATION_FAILED])
     with pytest.raises(KafkaException, match="authorization"):
         watermarks(denied, "p", time.monotonic() + 5, KafkaException)

@@ -228,12 +228,15 @@ def test_records_fetched_for_an_empty_input_but_not_handed_over_make_it_block() 
     assert proc.late == 0
 
 
-def _view_waiting_for_email(polls: dict[str, int]) -> Processor:
+def _view_waiting_for_email(polls: dict[str, int], fresh_polls: bool = True) -> Processor:
     """A page view (t=2) of c-1 reached the merge at 10,000 ms; the e-mail input of its
     partition is empty and was last polled at ``polls["events.email"]``, every other
-    input at ``polls["others"]`` (both may be changed later)."""
+    input at ``polls["others"]`` (both may be changed later). ``fresh_polls``: the
+    merge's setting when the page view came."""
     cluster = Cluster()
     proc = Member(cluster, Engine(PARITY), range(N)).proc
+    assert proc.merger.fresh_polls  # the default
+    proc.merger.fresh_polls = fresh_polls
     p = partition_for("c-1", N)
     cluster.publish([ev(2, "page_view", 5, contact_id="c-1", props={"url": "/pricing"})])
     proc.merger.highwater = lambda topic, part: 1 if (topic, part) == ("events.page_view", p) else 0
@@ -309,22 +312,8 @@ def test_without_fresh_polls_a_record_passes_inputs_polled_before_it_came() -> N
     """``SCORESTREAM_MERGE_FRESH_POLL=false``: the page view passes the empty e-mail
     input polled a second before the page view came, as far as the high-water marks
     allow; with the default it waits for that input's next poll."""
-    polls = {"events.email": 9_000, "others": 10_000}
     for fresh, released in ((True, 0), (False, 1)):
-        cluster = Cluster()
-        proc = Member(cluster, Engine(PARITY), range(N)).proc
-        assert proc.merger.fresh_polls  # the default
-        proc.merger.fresh_polls = fresh
-        p = partition_for("c-1", N)
-        cluster.publish([ev(2, "page_view", 5, contact_id="c-1", props={"url": "/pricing"})])
-        proc.merger.highwater = lambda topic, part, p=p: (
-            1 if (topic, part) == ("events.page_view", p) else 0
-        )
-        proc.merger.polled = lambda topic, part, p=p: polls[
-            "events.email" if (topic, part) == ("events.email", p) else "others"
-        ]
-        proc.refresh(10.0)
-        _arrive(cluster, proc, "events.page_view", p, 10_000, 10.0)
+        proc = _view_waiting_for_email({"events.email": 9_000, "others": 10_000}, fresh)
         assert proc.run(10.0) == released
 
 
