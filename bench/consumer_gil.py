@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import queue
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as AioPartition
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+from worker_bench import _percentiles
 
 PARTITIONS = 6
 TOPICS = 6
@@ -162,7 +164,7 @@ def run_client(kind: str, bootstrap: str, topics: list[str], args: argparse.Name
     result.write_text(json.dumps({"latencies": rec.latencies, "records": rec.records, "cpu": cpu}))
 
 
-def produce(bootstrap: str, topics: list[str], rate: float, seconds: float) -> int:
+def produce(bootstrap: str, topics: list[str], rate: float, seconds: float) -> None:
     """``rate`` events/s for ``seconds``, round-robin over the topics, send time first."""
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
@@ -180,7 +182,6 @@ def produce(bootstrap: str, topics: list[str], rate: float, seconds: float) -> i
         if ahead > 0.001:
             time.sleep(ahead)
     producer.flush(30)
-    return total
 
 
 def measure(kind: str, bootstrap: str, args: argparse.Namespace) -> dict[str, float]:
@@ -226,8 +227,7 @@ def measure(kind: str, bootstrap: str, args: argparse.Namespace) -> dict[str, fl
                 proc.kill()
             for future in admin.delete_topics(topics).values():
                 future.result()
-    lat = sorted(doc["latencies"])
-    q = statistics.quantiles(lat, n=100, method="inclusive")
+    q = _percentiles(doc["latencies"])
     return {
         "p50_ms": q[49] * 1000,
         "p99_ms": q[98] * 1000,
