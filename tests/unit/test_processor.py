@@ -317,6 +317,38 @@ def test_without_fresh_polls_a_record_passes_inputs_polled_before_it_came() -> N
         assert proc.run(10.0) == released
 
 
+def test_a_record_waits_for_polls_after_its_own_batch_not_after_later_ones() -> None:
+    """Two page views of c-1 reach the merge in two batches (10,000 and 10,050 ms); the
+    e-mail input of their partition is empty. A poll of every input at 10,020 ms comes
+    after the first view's batch: that view passes, the second waits for a later poll.
+    (With one arrival time per input, the first view waited for the second's batch too,
+    and a busy input's head kept waiting while its batches kept coming.)"""
+    cluster = Cluster()
+    proc = Member(cluster, Engine(PARITY), range(N)).proc
+    p = partition_for("c-1", N)
+    views = [ev(i, "page_view", 5 + i, contact_id="c-1", props={"url": "/"}) for i in range(2)]
+    cluster.publish(views)
+    polls = {"now": 9_000}
+    proc.merger.highwater = lambda topic, part: 2 if (topic, part) == ("events.page_view", p) else 0
+    proc.merger.polled = lambda topic, part: polls["now"]
+    proc.refresh(10.0)
+    log = cluster.logs[("events.page_view", p)]
+    for offset, at_ms in ((0, 10_000), (1, 10_050)):
+        source = proc.receive("events.page_view", p, offset, log[offset], at_ms / 1000)
+        assert source is not None
+        proc.merger.fetched(source, at_ms)
+        proc.merger.look_again(at_ms / 1000)
+        assert proc.run(at_ms / 1000) == 0  # every input last polled at 9,000 ms
+    polls["now"] = 10_020
+    proc.merger.look_again(10.06)
+    assert proc.run(10.06) == 1
+    assert proc.merger.blocked
+    polls["now"] = 10_070
+    proc.merger.look_again(10.08)
+    assert proc.run(10.08) == 1
+    assert proc.late == 0
+
+
 def test_a_long_run_of_releases_looks_at_the_empty_inputs_again() -> None:
     """A worker catching up releases thousands of records per run while the consumer's
     thread fetches: every ``look_every`` releases the empty inputs' high-water marks

@@ -110,6 +110,7 @@ class Source:
 
     __slots__ = (
         "ahead_since",
+        "arrivals",
         "blocking",
         "fetched_at",
         "gap_at",
@@ -125,6 +126,7 @@ class Source:
         "skipped_at",
         "stream",
         "topic",
+        "unmarked",
     )
 
     def __init__(
@@ -163,9 +165,14 @@ class Source:
         #: since when the consumer's position has been past ``received`` (0: it is not)
         self.ahead_since = 0.0
         #: when the records queued last reached the merge (ms, on the clock of
-        #: Merger.polled; 0: not tracked): an empty input must have been polled since
-        #: for them to pass it
+        #: Merger.polled; 0: not tracked)
         self.fetched_at = 0
+        #: when the queued records reached the merge, oldest first: [ms, how many of
+        #: them] per batch (see Merger.fetched): an empty input must have been polled
+        #: since the head's batch came for the head to pass it
+        self.arrivals: deque[list[int]] = deque()
+        #: records queued since the last batch was marked in ``arrivals``
+        self.unmarked = 0
 
     def __repr__(self) -> str:
         return f"Source({self.topic}[{self.partition}]@{self.received}, blocking={self.blocking})"
@@ -327,6 +334,9 @@ class Merger:
         items.append(record)
         record.part = queue.partition
         self.buffered += 1
+        source = queue.source
+        if source is not None:
+            source.unmarked += 1
         if len(items) == 1:
             self._seq += 1
             key = record.key
@@ -424,7 +434,7 @@ class Merger:
         if hold is not None and key >= hold:
             return None  # held for a hand-over: not waiting for any input
         source = queue.source
-        if source is not None and source.fetched_at > self._fresh:
+        if source is not None and _arrival(source) > self._fresh:
             # An empty input was last polled before this record was fetched: what reached
             # Kafka on it meanwhile is unknown. Wait for the consumer's next look at it.
             self._stale = True
@@ -435,6 +445,8 @@ class Merger:
             self._waiting(False, now)
         record = items.popleft()
         self.buffered -= 1
+        if source is not None:
+            _released(source)
         key = record.key
         if queue.source is None or key > queue.top:
             # Peer queues are kept in key order (insert), not in arrival order.
@@ -501,10 +513,25 @@ class Merger:
     def fetched(self, source: Source, polled: int | None) -> None:
         """Records were just queued for ``source`` at ``polled`` (ms, the clock of
         :attr:`polled`): they are released only past empty sources polled since (see
-        :meth:`look_again`)."""
+        :meth:`look_again`).
+
+        Each batch keeps its own time: a record waits for polls made after *it* came,
+        not after the source's newest batch. With one time per source, the head of a
+        busy input waited for a poll after every later batch of that input as well,
+        and kept waiting while batches kept coming (traced at 1,000 events/s: the
+        longer a record waited, the more batches of its own input had come meanwhile).
+        """
+        count = source.unmarked
+        source.unmarked = 0
         if polled is not None and self.fresh_polls:
             polled -= FRESH_SLACK_MS
             source.fetched_at = max(source.fetched_at, polled)
+            if count:
+                arrivals = source.arrivals
+                if arrivals and arrivals[-1][0] >= polled:
+                    arrivals[-1][1] += count  # same time (or a clock step back): one mark
+                else:
+                    arrivals.append([polled, count])
 
     def look_again(self, now: float) -> None:
         """Look at the empty, caught-up sources again before releasing what was just
@@ -626,6 +653,8 @@ class Merger:
             if queue.items:
                 self.buffered -= len(queue.items)
                 queue.items.clear()  # its heap entry is stale from now on (pop skips it)
+        source.arrivals.clear()
+        source.unmarked = 0
         source.received = offset
         source.gap_at = -1
         source.reread_at = -1
@@ -701,3 +730,25 @@ class Merger:
 
 
 _CLOSED: Key = (-(1 << 63), 0, 0, 0, 0)
+
+
+def _arrival(source: Source) -> int:
+    """When the head of ``source``'s queue reached the merge (ms; 0: not tracked).
+
+    Records queued without a batch time (the per-message path, offline) fall back to
+    the source's newest batch time, the stricter choice; so does any miscount (a mark
+    left by records that went another way only makes later records wait longer)."""
+    arrivals = source.arrivals
+    return arrivals[0][0] if arrivals else source.fetched_at
+
+
+def _released(source: Source) -> None:
+    """The head of ``source``'s queue was released: it leaves its batch's mark."""
+    arrivals = source.arrivals
+    if arrivals:
+        mark = arrivals[0]
+        mark[1] -= 1
+        if mark[1] <= 0:
+            arrivals.popleft()
+    elif source.unmarked:
+        source.unmarked -= 1
