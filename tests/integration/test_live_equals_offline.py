@@ -136,6 +136,7 @@ def test_a_backlog_on_every_input_topic_gives_the_offline_crossings_and_scores(
         assert {("engagement", "down"), ("intent", "down"), ("fit", "up")} <= kinds
         warned = "SCORESTREAM_MERGE_FRESH_POLL=false" in worker.log_path.read_text()
         assert warned == (fresh_poll == "false")
+        assert worker.status()["merge"]["fresh_polls"] is (fresh_poll == "true")
     finally:
         worker.stop()
 

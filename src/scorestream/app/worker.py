@@ -510,6 +510,9 @@ class Runtime:
             "partitions": parts,
             "watermark": proc.watermark if proc.watermark > MIN_TS else None,
             "merge": {
+                # SCORESTREAM_MERGE_FRESH_POLL: false gives up exact order for events that
+                # reach Kafka a few ms out of order (docs/rules.md); visible to ops here
+                "fresh_polls": merger.fresh_polls,
                 "buffered": merger.buffered,
                 "waiting_for": [
                     {
