@@ -182,9 +182,11 @@ def _email_and_view(
     return cluster, proc, p
 
 
-def _arrive(cluster: Cluster, proc: Processor, topic: str, p: int, at_ms: int, now: float) -> None:
-    """Offset 0 of ``topic`` reaches the merge at ``at_ms``; the merge looks again."""
-    source = proc.receive(topic, p, 0, cluster.logs[(topic, p)][0], now)
+def _arrive(
+    cluster: Cluster, proc: Processor, topic: str, p: int, at_ms: int, now: float, offset: int = 0
+) -> None:
+    """``offset`` of ``topic`` reaches the merge at ``at_ms``; the merge looks again."""
+    source = proc.receive(topic, p, offset, cluster.logs[(topic, p)][offset], now)
     assert source is not None
     proc.merger.fetched(source, at_ms)
     proc.merger.look_again(now)
@@ -332,12 +334,8 @@ def test_a_record_waits_for_polls_after_its_own_batch_not_after_later_ones() -> 
     proc.merger.highwater = lambda topic, part: 2 if (topic, part) == ("events.page_view", p) else 0
     proc.merger.polled = lambda topic, part: polls["now"]
     proc.refresh(10.0)
-    log = cluster.logs[("events.page_view", p)]
     for offset, at_ms in ((0, 10_000), (1, 10_050)):
-        source = proc.receive("events.page_view", p, offset, log[offset], at_ms / 1000)
-        assert source is not None
-        proc.merger.fetched(source, at_ms)
-        proc.merger.look_again(at_ms / 1000)
+        _arrive(cluster, proc, "events.page_view", p, at_ms, at_ms / 1000, offset)
         assert proc.run(at_ms / 1000) == 0  # every input last polled at 9,000 ms
     polls["now"] = 10_020
     proc.merger.look_again(10.06)
