@@ -8,14 +8,25 @@ lazily so that ``scorestream score`` never pays for importing Faust.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from scorestream.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
 from scorestream.settings import ConfigError, describe
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "build_parser",
+    "entry",
+    "main",
+]
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -86,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crossings", metavar="FILE", help="write every threshold crossing here")
     p.add_argument("--rejects", metavar="FILE", help="write invalid input lines here")
     p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
-    p.set_defaults(handler=_lazy("scorestream.offline:score_command"))
+    p.set_defaults(handler=_lazy("scorestream.offline:score_command"), batch=True)
 
     p = sub.add_parser(
         "explain",
@@ -100,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _partitions_option(p)
     p.add_argument("--contact", required=True, metavar="ID", help="contact (or anonymous) id")
     p.add_argument("events", metavar="EVENTS", help="JSONL file of events, or - for stdin")
-    p.set_defaults(handler=_lazy("scorestream.offline:explain_command"))
+    p.set_defaults(handler=_lazy("scorestream.offline:explain_command"), batch=True)
 
     rules = sub.add_parser("rules", help="work with scoring plans")
     rules_sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND", required=True)
@@ -137,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="example crossings shown per model and direction (default 5)",
     )
     p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
-    p.set_defaults(handler=_lazy("scorestream.whatif:diff_command"))
+    p.set_defaults(handler=_lazy("scorestream.whatif:diff_command"), batch=True)
     p = rules_sub.add_parser(
         "publish",
         help="validate a plan and publish it to running workers (no restart)",
@@ -376,17 +387,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
+    return _run(argv, restore_gc=True)[0]
+
+
+def entry() -> NoReturn:
+    """The ``scorestream`` program: :func:`main`, then end the process with its code.
+
+    The offline commands (``score``, ``explain``, ``rules diff``) end holding every
+    contact state they built. Freeing them one by one, after the cyclic collector has
+    walked them, took about a tenth of a ``score`` run of 200,000 events. Those commands
+    keep the collector off (contact states hold no reference cycles) and leave what
+    they built in ``args.keep``; the process then ends once the output is flushed,
+    without that teardown. Their files are closed by then; nothing else is left to do.
+    """
+    code, args = _run(None, restore_gc=False)
+    if args is None or not getattr(args, "batch", False):
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe: the output did not all arrive
+        code = code or EXIT_FAILURE
+    os._exit(code)
+
+
+def _run(argv: Sequence[str] | None, restore_gc: bool) -> tuple[int, argparse.Namespace | None]:
+    """The exit code, and the parsed arguments (None if parsing ended the command).
+
+    ``restore_gc``: turn the collector back on after a batch command (see :func:`entry`).
+    Not when the process ends next: the collector would first walk every state built.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
-        return int(exc.code or 0)
+        return int(exc.code or 0), None
+    batch = bool(getattr(args, "batch", False))
+    if batch:
+        gc.disable()
     try:
-        return int(args.handler(args))
+        return int(args.handler(args)), args
     except (UsageError, ConfigError) as exc:
         print(f"scorestream: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE, args
     except KeyboardInterrupt:
-        return EXIT_FAILURE
+        return EXIT_FAILURE, args
     except BrokenPipeError:
-        return EXIT_FAILURE
+        return EXIT_FAILURE, args
+    finally:
+        if batch and restore_gc:
+            gc.enable()

@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from scorestream.engine.events import InvalidEvent, decode_event
+from scorestream.engine.events import FAST_DECODER
 from scorestream.engine.rules import RulesError, RuleSet, load_rules
 from scorestream.engine.scorer import Crossing, Engine
 from scorestream.engine.state import ContactState
 from scorestream.engine.timeutil import TimeFormatError, parse_ts
 from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from scorestream.pipeline.feed import feed
 from scorestream.pipeline.processor import Processor
 from scorestream.pipeline.processor import Settings as ProcessorSettings
-from scorestream.pipeline.routing import INPUT_TOPICS, partition_for, topic_for
+from scorestream.pipeline.routing import INPUT_TOPICS
 from scorestream.pipeline.store import ScratchStore
 from scorestream.settings import Settings
 
@@ -163,28 +164,10 @@ def _score_into(
     run: OfflineRun, lines: Iterator[bytes], at: int | None, max_bytes: int, partitions: int
 ) -> None:
     processor = run.processor
-    offsets: dict[tuple[str, int], int] = {}
-    latest: int | None = None
-    for number, raw in enumerate(lines, start=1):
-        line = raw.rstrip(b"\r\n")
-        if not line.strip():
-            continue
-        try:
-            event = decode_event(line, max_bytes=max_bytes)
-        except InvalidEvent as exc:
-            run.rejects.append(Reject(number, exc.reason, _text(line)))
-            continue
-        ts = event.ts
-        if at is not None and ts > at:
-            run.after_at += 1  # valid, but after the evaluation time: not part of "as of at"
-            continue
-        topic = topic_for(event.type)
-        partition = partition_for(event.key, partitions)
-        offset = offsets.get((topic, partition), 0)
-        offsets[(topic, partition)] = offset + 1
-        processor.receive_event(topic, partition, offset, event, line, 0.0)
-        if latest is None or ts > latest:
-            latest = ts
+    fed = feed(processor, lines, FAST_DECODER, at, max_bytes, partitions)
+    run.rejects.extend(Reject(number, reason, _text(line)) for number, reason, line in fed.rejects)
+    run.after_at += fed.after_at
+    latest = fed.latest
     # Everything is in: the merge releases it in the order a worker would.
     processor.refresh(0.0)
     processor.run(0.0)
@@ -276,6 +259,7 @@ def score_command(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         lines = open_events(args.events, stack)
         run = score_lines(Engine(rules), lines, at, settings.max_message_bytes, partitions)
+    args.keep = run  # freed by the caller, or not at all when the process ends (cli.entry)
     if args.crossings:
         try:
             with open(args.crossings, "w", encoding="utf-8") as fh:
@@ -320,6 +304,7 @@ def explain_command(args: argparse.Namespace) -> int:
             settings.max_message_bytes,
             partitions,
         )
+    args.keep = run  # see score_command
     state = run.processor.resolve(args.contact)
     if state is None or run.at is None:
         print(f"scorestream: no events for contact {args.contact!r}", file=sys.stderr)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -524,3 +526,59 @@ def test_explain_unknown_contact_fails(tmp_path: Path, capsys: Capsys) -> None:
     rules = str(ROOT / "rules" / "b2b.yaml")
     assert cli.main(["explain", "--rules", rules, "--contact", "c-9", str(events)]) == 1
     assert "no events for contact 'c-9'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the program itself
+
+
+def program(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m scorestream``: :func:`cli.entry`, which ends batch commands itself."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SCORESTREAM_") and k != "PYTHONUNBUFFERED"
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "scorestream", *argv],
+        capture_output=True,  # pipes: block-buffered, so unflushed output would be lost
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_program_ends_batch_commands_with_all_their_output(
+    plan: Path, events: Path, tmp_path: Path, capsys: Capsys
+) -> None:
+    assert cli.main(["score", "--rules", str(plan), str(events)]) == 0
+    in_process = capsys.readouterr().out
+    done = program("score", "--rules", str(plan), str(events))
+    assert (done.returncode, done.stdout) == (0, in_process)
+    assert len(done.stdout.splitlines()) == 3
+
+    # explain prints without flushing: the program must flush before it ends.
+    done = program("explain", "--rules", str(plan), "--contact", "c-a", str(events))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert (doc["contact_id"], doc["models"]["engagement"]["score"]) == ("c-a", 45.0)
+
+    bad = write(tmp_path, "bad.jsonl", "not json\n")
+    done = program("score", "--rules", str(plan), str(bad))
+    assert done.returncode == 0
+    assert "line 1: not valid JSON" in done.stderr
+
+    done = program("explain", "--rules", str(plan), "--contact", "nobody", str(events))
+    assert done.returncode == 1
+    assert "no events for contact 'nobody'" in done.stderr
+
+    done = program("score", "--rules", str(tmp_path / "missing.yaml"), str(events))
+    assert done.returncode == 2
+
+
+def test_the_program_gives_the_collector_back_after_a_batch_command_in_process(
+    plan: Path, events: Path, capsys: Capsys
+) -> None:
+    assert gc.isenabled()
+    assert cli.main(["score", "--rules", str(plan), str(events)]) == 0
+    assert gc.isenabled()
