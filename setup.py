@@ -1,8 +1,8 @@
 """Build hook for the compiled modules; everything else is in ``pyproject.toml``.
 
 With ``SCORESTREAM_COMPILE=1`` the hot modules (the engine's scorer, state, conditions
-and time helpers; the pipeline's records, routing, merge and processor) are compiled with
-mypyc, which the code's ``mypy --strict`` typing makes possible:
+and time helpers; the pipeline's records, routing, merge, processor and offline feed) are
+compiled with mypyc, which the code's ``mypy --strict`` typing makes possible:
 
     SCORESTREAM_COMPILE=1 python setup.py build_ext --inplace   # make setup does this
     SCORESTREAM_COMPILE=1 pip wheel --no-build-isolation .      # the Dockerfile does this
@@ -30,6 +30,7 @@ COMPILED = [
     "src/scorestream/pipeline/routing.py",
     "src/scorestream/pipeline/merge.py",
     "src/scorestream/pipeline/processor.py",
+    "src/scorestream/pipeline/feed.py",
 ]
 
 

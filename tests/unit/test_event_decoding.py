@@ -370,3 +370,19 @@ def test_size_of_a_str_counts_its_utf8_bytes() -> None:
     text = json.dumps(event(properties={"url": "/" + "é" * 40}), ensure_ascii=False)
     size = len(text.encode())
     assert reason(text, max_bytes=len(text)) == f"too large: {size} bytes > {len(text)}"
+
+
+def test_fast_decoded_events_do_not_share_a_changed_fields_set() -> None:
+    # The fast path gives events of one shape one fields-set object; a copy that
+    # changes its fields must not change the others'.
+    raw = (
+        b'{"event_id":"e-%d","type":"webinar.attended","contact_id":"c-1",'
+        b'"occurred_at":"2026-03-01T00:00:00Z"}'
+    )
+    first, second = (decode_event(raw.replace(b"%d", str(i).encode())) for i in (1, 2))
+    fields = {"event_id", "type", "contact_id", "occurred_at"}
+    assert first.model_fields_set is second.model_fields_set  # the fast path's shared set
+    assert first.model_fields_set == fields
+    copied = first.model_copy(update={"properties": {"seats": 2}})
+    assert copied.model_fields_set == fields | {"properties"}
+    assert first.model_fields_set == second.model_fields_set == fields

@@ -307,7 +307,10 @@ def decode_event(data: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEv
     size = len(raw)
     if size > max_bytes:
         raise InvalidEvent(f"too large: {size} bytes > {max_bytes}")
-    if b"NaN" not in raw and b"Infinity" not in raw:
+    # ``find``, not ``in``: ``in`` on bytes first tries the operand as an integer and
+    # builds (then drops) a TypeError with its message, twice per event (measured: 2 %
+    # of ``scorestream score``).
+    if raw.find(b"NaN") < 0 and raw.find(b"Infinity") < 0:
         event = _fast(raw)
         if event is not None:
             return event
@@ -338,7 +341,8 @@ _CLASS_OF_KIND: dict[str, type[_EventBase]] = {
     "profile_update": ProfileUpdate,
     "identify": Identify,
 }
-_FAST = FastDecoder(KNOWN_TYPES, _CLASS_OF_KIND, CustomEvent, Identify)
+#: the fast path's decoder (see :func:`_fast`); offline feeding calls it directly
+FAST_DECODER = FastDecoder(KNOWN_TYPES, _CLASS_OF_KIND, CustomEvent, Identify)
 
 
 def _fast(raw: bytes) -> AnyEvent | None:
@@ -352,7 +356,7 @@ def _fast(raw: bytes) -> AnyEvent | None:
     never looser. A Hypothesis test holds the two paths equal
     (``tests/properties/test_event_properties.py``).
     """
-    event: AnyEvent | None = _FAST.decode(raw)
+    event: AnyEvent | None = FAST_DECODER.decode(raw)
     return event
 
 

@@ -151,6 +151,14 @@ class Engine:
         self._attr_paths: dict[str, tuple[str, ...]] = {
             a.attribute: split_path(a.attribute) for m in rules.models for a in m.attribute_rules
         }
+        # Whether a contact without attributes gets attribute points (a rule that passes
+        # on a missing attribute, such as `ne` or `exists: false`). Most plans have none:
+        # then a new contact's first event has no attribute points to compute.
+        self._points_without_attributes = any(
+            rule.test(lookup({}, self._attr_paths[rule.attribute]))
+            for m in self._attribute_models
+            for rule in m.attribute_rules
+        )
 
     # ------------------------------------------------------------------ public API
 
@@ -176,9 +184,10 @@ class Engine:
         if event.contact_id is not None and event.contact_id == state.key:
             state.anonymous = False
         first = state.clock is None and bool(self._attribute_models)
-        if first:
+        if first and (self._points_without_attributes or state.attrs or state.models):
             # A new contact has no attributes, and attribute rules that pass on a missing
-            # attribute (`ne`, `exists: false`) count from its first event on.
+            # attribute (`ne`, `exists: false`) count from its first event on. (Without
+            # such rules, attributes or models, the recomputation would find nothing.)
             self._recompute_attributes(state, event.event_id, t, changed=None)
         now = t if state.clock is None or t > state.clock else state.clock
         # ``type() is``, not isinstance: pydantic's metaclass makes isinstance an ABC check

@@ -36,7 +36,7 @@ import json
 import struct
 from dataclasses import dataclass
 from sys import intern
-from typing import Any
+from typing import Any, Final
 
 import cramjam
 import msgpack
@@ -78,7 +78,15 @@ def id_hash(event_id: str) -> int:
 
 def id_digest(event_id: str) -> bytes:
     """:func:`id_hash` as the 8 bytes the dedupe memory holds (big-endian)."""
-    return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    # A copy of an empty hash object, not ``blake2b(data, digest_size=8)``: parsing that
+    # keyword argument cost more than hashing a short id (0.6 against 1.0 µs an event).
+    h = _BLAKE2B_8.copy()
+    h.update(event_id.encode())
+    digest: bytes = h.digest()
+    return digest
+
+
+_BLAKE2B_8: Final[Any] = hashlib.blake2b(digest_size=8)
 
 
 class ModelState:
