@@ -26,6 +26,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -202,13 +203,16 @@ def main() -> int:
             for d in (json.loads(v or b"{}") for _, v, _, _ in dlq)
         }
         bad = len(rejects.read_bytes().splitlines())
+        late = [late_events(w) for w in workers]
         ok = not (missing or extra or changed or two) and len(sources) == bad
         print(
             f"{'OK' if ok else 'DIFFERENT'}: {a.events:,} events, {a.workers} workers, "
             f"{kills} kill -9; "
             f"crossings offline {len(expected):,}, live {len(live):,}: {len(missing)} missing, "
             f"{len(extra)} extra, {len(changed)} with other fields, {two} ids sent with two "
-            f"contents; DLQ {len(sources)} source positions for {bad} bad lines ({tmp})"
+            f"contents; DLQ {len(sources)} source positions for {bad} bad lines; "
+            f"late events (applied after a newer one of their partition) counted by the "
+            f"workers running at the end: {late} ({tmp})"
         )
         for k in changed[:3]:
             print("offline", expected[k], "\n   live", live[k])
@@ -222,6 +226,24 @@ def main() -> int:
         if ok:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)
     return 0 if ok else 1
+
+
+def late_events(worker: WorkerProc) -> float | None:
+    """``scorestream_late_events_total`` of a running worker (None if it does not answer).
+
+    Late events are how a live run may legitimately differ from ``score``: a run that
+    differs with none counted points at the workers, not at the traffic.
+    """
+    try:
+        with urllib.request.urlopen(worker.url("/metrics"), timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("scorestream_late_events_total")
+    )
 
 
 if __name__ == "__main__":
