@@ -414,8 +414,8 @@ def entry() -> NoReturn:
 def _run(argv: Sequence[str] | None, restore_gc: bool) -> tuple[int, argparse.Namespace | None]:
     """The exit code, and the parsed arguments (None if parsing ended the command).
 
-    ``restore_gc``: turn the collector back on after a batch command (see :func:`entry`).
-    Not when the process ends next: the collector would first walk every state built.
+    ``restore_gc``: turn the collector back on after a batch command if it was on (see
+    :func:`entry`). Not when the process ends next: it would first walk every state built.
     """
     parser = build_parser()
     try:
@@ -423,6 +423,7 @@ def _run(argv: Sequence[str] | None, restore_gc: bool) -> tuple[int, argparse.Na
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0), None
     batch = bool(getattr(args, "batch", False))
+    collecting = gc.isenabled()
     if batch:
         gc.disable()
     try:
@@ -435,5 +436,5 @@ def _run(argv: Sequence[str] | None, restore_gc: bool) -> tuple[int, argparse.Na
     except BrokenPipeError:
         return EXIT_FAILURE, args
     finally:
-        if batch and restore_gc:
+        if batch and restore_gc and collecting:
             gc.enable()

@@ -582,3 +582,9 @@ def test_the_program_gives_the_collector_back_after_a_batch_command_in_process(
     assert gc.isenabled()
     assert cli.main(["score", "--rules", str(plan), str(events)]) == 0
     assert gc.isenabled()
+    gc.disable()  # a caller that keeps the collector off gets it back off
+    try:
+        assert cli.main(["score", "--rules", str(plan), str(events)]) == 0
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
