@@ -4,6 +4,8 @@
 
 Also prints the scorer alone (``Engine.apply`` over pre-decoded events, no processor)
 and the bound that decoding followed by that scorer sets, which no processor can beat.
+"x baseline" divides the best rates; "by round" is the median over the rounds of each
+loop's ratio within its round (steadier on a noisy machine).
 
 Traffic: ``scorestream simulate``'s generator (visitors, campaigns, forms, carts, profile
 updates, identify) scored with the B2B plan. Baseline: ``json.loads`` plus a dict update
@@ -37,11 +39,16 @@ from scorestream.pipeline.store import MemoryStore  # noqa: E402
 from scorestream.simulate import Traffic  # noqa: E402
 
 
-def best_rates(n: int, runs: list[Callable[[], None]], repeat: int) -> list[float]:
-    """Events per second of the fastest of ``repeat`` runs of each, taken in rounds.
+def best_rates(
+    n: int, runs: list[Callable[[], None]], repeat: int
+) -> tuple[list[float], list[float]]:
+    """Events per second of the fastest of ``repeat`` runs of each, taken in rounds; and
+    each loop's median, over the rounds, of its rate over the first loop's in that round.
 
     One run of every loop per round, so that a slow spell of this shared machine falls
-    on all of them rather than on whichever loop ran during it.
+    on all of them rather than on whichever loop ran during it. The per-round ratio
+    compares runs seconds apart; the best rates may come from different minutes (on a
+    noisy day the baseline alone moved by half between runs).
     """
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeat):
@@ -50,7 +57,9 @@ def best_rates(n: int, runs: list[Callable[[], None]], repeat: int) -> list[floa
             start = time.perf_counter()
             run()
             taken.append(time.perf_counter() - start)
-    return [n / min(taken) for taken in times]
+    base = times[0]
+    ratios = [statistics.median(b / t for b, t in zip(base, taken, strict=True)) for taken in times]
+    return [n / min(taken) for taken in times], ratios
 
 
 def generate(events: int, contacts: int) -> list[bytes]:
@@ -163,22 +172,24 @@ def main() -> None:
         proc.refresh(0.0)
         proc.run(0.0)
 
-    base, dec, full, core, alone = best_rates(
+    rates, ratios = best_rates(
         n, [baseline, decode_only, engine_full, engine_core, engine_alone], args.repeat
     )
+    base, dec, alone = rates[0], rates[1], rates[4]
 
     sizes = [len(s.to_bytes()) for s in score_lines(Engine(rules), iter(lines)).processor.states()]
     per_contact_100 = state_after_100_events(Engine(rules))
 
-    print(f"{'loop':<42}{'events/s':>12}{'x baseline':>12}")
-    for name, rate in (
-        ("baseline: json.loads + dict update", base),
-        ("decode + validate (pydantic)", dec),
-        ("engine: decode + score (scorestream score)", full),
-        ("engine core: merge + score pre-decoded", core),
-        ("scorer alone: Engine.apply pre-decoded", alone),
-    ):
-        print(f"{name:<42}{rate:>12,.0f}{rate / base:>12.2f}")
+    print(f"{'loop':<42}{'events/s':>12}{'x baseline':>12}{'by round':>10}")
+    names = (
+        "baseline: json.loads + dict update",
+        "decode + validate (pydantic)",
+        "engine: decode + score (scorestream score)",
+        "engine core: merge + score pre-decoded",
+        "scorer alone: Engine.apply pre-decoded",
+    )
+    for name, rate, ratio in zip(names, rates, ratios, strict=True):
+        print(f"{name:<42}{rate:>12,.0f}{rate / base:>12.2f}{ratio:>10.2f}")
     # Decoding and scoring run one after the other: even with no processor at all, the
     # rate cannot pass the harmonic combination of the two.
     bound = 1 / (1 / dec + 1 / alone)
