@@ -219,12 +219,13 @@ def main() -> int:
     finally:
         for w in workers:
             w.stop()  # also when something above failed: no worker left behind
-    if not a.keep:
-        # Also when different: topics left behind slow the broker for every later run
-        # (1,287 of them once, about 7,700 partitions); the files stay for a look.
-        delete_prefixed(settings)
-        if ok:
-            subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        if not a.keep:
+            # Also when different or failed: topics left behind slow the broker for every
+            # later run (1,287 of them once, about 7,700 partitions; three from failed
+            # starts on 2026-11-27); the files stay for a look.
+            delete_prefixed(settings)
+    if ok and not a.keep:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
     return 0 if ok else 1
 
 
