@@ -1,6 +1,6 @@
 """A JSONL file into the processor, as a worker would have read it from its topics.
 
-``scorestream score`` (and ``explain``, ``rules diff``, ``rescore --dry-run`` through
+``scorestream score`` (and ``explain``, ``rules diff`` and ``calibrate`` through
 :func:`scorestream.offline.score_lines`) reads events here: per topic-partition in
 file order, each event at the next offset of its topic and the partition of its key.
 Compiled with the hot modules (see ``setup.py``): this loop runs once per event, and
@@ -39,11 +39,10 @@ def feed(
 ) -> Fed:
     """Queue every valid event of ``lines`` in ``processor`` (nothing is applied yet).
 
-    ``fast`` is :mod:`scorestream.engine.events`' own fast decoder. A line it may take
-    (not too large, no ``NaN`` or ``Infinity``) goes to it first, and whatever it does
-    not take to :func:`decode_event`, which tries it again and then the models: the
-    same event or the same reason as :func:`decode_event` alone, one interpreted call
-    fewer for a valid line.
+    ``fast`` is :mod:`scorestream.engine.events`' own fast decoder. Every line goes to
+    it first, and what it declines to :func:`decode_event`, which tries it again and
+    then the models: the same event or the same reason as :func:`decode_event` alone,
+    one interpreted call fewer for a valid line.
     """
     fed = Fed()
     offsets: dict[tuple[str, int], int] = {}
@@ -53,9 +52,7 @@ def feed(
         line = raw.rstrip(b"\r\n")
         if not line.strip():
             continue
-        event = None
-        if len(line) <= max_bytes and line.find(b"NaN") < 0 and line.find(b"Infinity") < 0:
-            event = fast.decode(line)
+        event = fast.decode(line, max_bytes)
         if event is None:
             try:
                 event = decode_event(line, max_bytes=max_bytes)
