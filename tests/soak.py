@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from confluent_kafka.admin import AdminClient, ConfigResource  # noqa: E402
-from support import WorkerProc, read_topic, wait_processed  # noqa: E402
+from support import WorkerProc, metric_value, read_topic, wait_processed  # noqa: E402
 
 from scorestream.pipeline.routing import INPUT_TOPICS  # noqa: E402
 from scorestream.settings import Settings  # noqa: E402
@@ -237,14 +237,9 @@ def late_events(worker: WorkerProc) -> float | None:
     """
     try:
         with urllib.request.urlopen(worker.url("/metrics"), timeout=10) as resp:
-            text = resp.read().decode()
+            return metric_value(resp.read().decode(), "scorestream_late_events_total")
     except OSError:
         return None
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("scorestream_late_events_total")
-    )
 
 
 if __name__ == "__main__":
