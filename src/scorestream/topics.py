@@ -42,6 +42,9 @@ COPARTITIONED_ROLES: frozenset[str] = frozenset({"input", "internal"})
 #: Prefix of the lines of :func:`apply` that need a person to act.
 MANUAL = "MANUAL:"
 APPLY_TIMEOUT = 15.0
+#: libyaml's safe loader when PyYAML has it: thirteen declarations are read at every start,
+#: and the pure-Python parser took about 7 ms each (measured on ``scorestream score``)
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # Topic-level configs of Kafka 3.9 (``describe_configs`` of a topic lists exactly these).
 # A name outside this set is a typo that Kafka would reject only at creation.
@@ -199,7 +202,7 @@ def _field_error(err: ErrorDetails) -> str:
 def load_declaration(path: Path) -> TopicDecl:
     """Load and validate one declaration file (not the checks across files)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except OSError as exc:
         raise TopicDeclarationError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:

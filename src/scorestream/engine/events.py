@@ -347,7 +347,8 @@ def _fast(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent | None:
     Validation through pydantic costs about 16 µs an event, most of the offline scoring
     time. This path (:mod:`scorestream.engine.wire`, compiled) parses with the same JSON
     parser (``pydantic_core.from_json``) and applies the models' rules one by one (the
-    same property checks, the same timestamp parser); whatever it does not accept goes
+    same property checks; the same timestamp parser, with the common ``...Z`` form read by
+    :func:`~scorestream.engine.timeutil.parse_utc`); whatever it does not accept goes
     through the models, which give the precise reason — so it can only be stricter,
     never looser. A Hypothesis test holds the two paths equal
     (``tests/properties/test_event_properties.py``).

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from scorestream.engine.errors import ScorestreamError
 
-US_PER_SECOND = 1_000_000
+US_PER_SECOND: Final = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _DURATION = re.compile(r"([1-9][0-9]*)([smhdw])")
@@ -96,6 +97,49 @@ def parse_datetime(text: str) -> datetime:
         return datetime.fromisoformat(norm)
     except ValueError as exc:
         raise TimeFormatError(f"invalid timestamp {text!r}: {exc}") from None
+
+
+#: ``date.toordinal()`` of 1970-01-01
+_EPOCH_ORDINAL: Final = 719_163
+#: bound once: a compiled module looks a global name up in a dict at every use
+_FROMISOFORMAT: Final = datetime.fromisoformat
+
+
+def parse_utc(text: str) -> tuple[datetime, int] | None:
+    """``YYYY-MM-DDTHH:MM:SS[.f]Z`` (ASCII, one to six fraction digits), the form nearly every
+    event carries, as (datetime, microseconds); None for any other form.
+
+    Whenever it is not None, the same datetime as :func:`parse_datetime` and the same
+    integer as :func:`to_us` of it: the form fixes every separator and ``fromisoformat``
+    itself refuses a non-digit where a digit belongs (a Hypothesis test holds them
+    equal). Without the regular expression and the timedelta of :func:`to_us`, it costs a
+    third of what they do (measured with callgrind on ``scorestream score``).
+    """
+    n = len(text)
+    if n != 20 and (n < 22 or n > 27):
+        return None
+    if (
+        text[n - 1] != "Z"
+        or text[10] != "T"
+        or text[4] != "-"
+        or text[7] != "-"
+        or text[13] != ":"
+        or text[16] != ":"
+        or (n > 20 and text[19] != ".")
+        or not text.isascii()
+    ):
+        return None
+    try:
+        moment = _FROMISOFORMAT(text)
+    except ValueError:
+        return None
+    seconds = (
+        (moment.toordinal() - _EPOCH_ORDINAL) * 86_400
+        + moment.hour * 3_600
+        + moment.minute * 60
+        + moment.second
+    )
+    return moment, seconds * US_PER_SECOND + moment.microsecond
 
 
 def parse_ts(text: str) -> int:
