@@ -112,8 +112,8 @@ def parse_utc(text: str) -> tuple[datetime, int] | None:
     Whenever it is not None, the same datetime as :func:`parse_datetime` and the same
     integer as :func:`to_us` of it: the form fixes every separator and ``fromisoformat``
     itself refuses a non-digit where a digit belongs (a Hypothesis test holds them
-    equal). Without the regular expression and the timedelta of :func:`to_us`, it costs a
-    third of what they do (measured with callgrind on ``scorestream score``).
+    equal). Without the regular expression and the timedelta of :func:`to_us`, it costs
+    less than half of what they do (3,700 against 8,300 instructions, callgrind).
     """
     n = len(text)
     if n != 20 and (n < 22 or n > 27):
