@@ -18,6 +18,12 @@ from pydantic_core import from_json
 from scorestream.engine.timeutil import TimeFormatError, parse_datetime, parse_utc, to_us
 
 _FIELDS = ("event_id", "type", "contact_id", "anonymous_id", "occurred_at", "properties")
+#: bits of a fields-set key (:attr:`FastDecoder._fields_sets`), one per name of ``_FIELDS``:
+#: the three a fast-decoded event always has, and the three it may lack
+_ALWAYS: Final = sum(1 << _FIELDS.index(name) for name in ("event_id", "type", "occurred_at"))
+_CONTACT_BIT: Final = 1 << _FIELDS.index("contact_id")
+_ANON_BIT: Final = 1 << _FIELDS.index("anonymous_id")
+_PROPS_BIT: Final = 1 << _FIELDS.index("properties")
 _CUSTOM_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 #: a property spec: name -> (accepted Python types, required)
 Spec = dict[str, tuple[Any, bool]]
@@ -57,7 +63,7 @@ class FastDecoder:
             return None
         try:
             # Refusing NaN and Infinity in the parser replaces two scans of every line for
-            # their letters (4 % of ``scorestream score``'s instructions, callgrind).
+            # their letters (2,800 instructions an event, 2.7 % of ``scorestream score``).
             obj = from_json(raw, allow_inf_nan=False)
         except ValueError:
             return None
@@ -120,15 +126,15 @@ class FastDecoder:
         # ``object.__new__`` itself: looking ``__new__`` up on a model class (through
         # pydantic's metaclass) cost as much as the allocation.
         event = _NEW(cls)
-        # Bits in the order of ``_FIELDS``. ``event_id``, ``type`` and ``occurred_at`` are
-        # strings here, so present; the ids may be present as null.
-        present = 0b10011
+        # ``event_id``, ``type`` and ``occurred_at`` are strings here, so present; the ids
+        # may be present as null.
+        present = _ALWAYS
         if "contact_id" in obj:
-            present |= 0b100
+            present |= _CONTACT_BIT
         if "anonymous_id" in obj:
-            present |= 0b1000
+            present |= _ANON_BIT
         if has_props:
-            present |= 0b100000
+            present |= _PROPS_BIT
         fields_set = self._fields_sets.get(present)
         if fields_set is None:
             fields_set = {name for i, name in enumerate(_FIELDS) if present >> i & 1}
