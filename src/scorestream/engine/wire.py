@@ -139,7 +139,11 @@ class FastDecoder:
         if fields_set is None:
             fields_set = {name for i, name in enumerate(_FIELDS) if present >> i & 1}
             self._fields_sets[present] = fields_set
-        _SETATTR(
+        # Frozen models refuse setattr; pydantic's own model_construct sets these through
+        # object.__setattr__ too. Spelled out (not through an alias): mypyc compiles this
+        # form to a direct generic set, without the slot wrapper's argument tuples (1,700
+        # instructions an event, callgrind).
+        object.__setattr__(
             event,
             "__dict__",
             {
@@ -153,14 +157,12 @@ class FastDecoder:
                 "ts": ts,
             },
         )
-        _SETATTR(event, "__pydantic_fields_set__", fields_set)
-        _SETATTR(event, "__pydantic_extra__", None)
-        _SETATTR(event, "__pydantic_private__", None)
+        object.__setattr__(event, "__pydantic_fields_set__", fields_set)
+        object.__setattr__(event, "__pydantic_extra__", None)
+        object.__setattr__(event, "__pydantic_private__", None)
         return event
 
 
-#: Frozen models refuse setattr; this is how pydantic's own model_construct sets them.
-_SETATTR: Final[Any] = object.__setattr__
 _NEW: Final[Any] = object.__new__
 
 
