@@ -140,9 +140,9 @@ class FastDecoder:
             fields_set = {name for i, name in enumerate(_FIELDS) if present >> i & 1}
             self._fields_sets[present] = fields_set
         # Frozen models refuse setattr; pydantic's own model_construct sets these through
-        # object.__setattr__ too. Spelled out (not through an alias): mypyc compiles this
-        # form to a direct generic set, without the slot wrapper's argument tuples (1,700
-        # instructions an event, callgrind).
+        # object.__setattr__ too. Spelled out, not through an alias: mypyc compiles this
+        # form to a direct generic set, without the slot wrapper and its argument tuples
+        # (decoding 23,100 -> 18,700 instructions an event, callgrind of `score`).
         object.__setattr__(
             event,
             "__dict__",
