@@ -1,14 +1,23 @@
 """Hypothesis: the timestamp fast path gives exactly what the full RFC 3339 parser gives,
-and declines (never mis-reads) every other string (one property per test)."""
+and declines (never mis-reads) every other string; the formatter writes what isoformat
+writes (one property per test)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorestream.engine.timeutil import TimeFormatError, parse_datetime, parse_utc, to_us
+from scorestream.engine.timeutil import (
+    TimeFormatError,
+    format_ts,
+    parse_datetime,
+    parse_ts,
+    parse_utc,
+    to_us,
+)
 
 PROFILE = settings(max_examples=1500, deadline=None)
 
@@ -89,3 +98,41 @@ def test_other_rfc3339_spellings_go_to_the_full_parser(case: tuple[str, int]) ->
     text, micros = case
     assert parse_utc(text) is None
     assert parse_datetime(text) == _TEN_FIFTEEN + timedelta(microseconds=micros)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: microseconds of 0001-01-01T00:00:00Z and of 9999-12-31T23:59:59.999999Z
+_FIRST_US = -62_135_596_800_000_000
+_LAST_US = 253_402_300_799_999_999
+
+
+def _isoformat_ts(us: int) -> str:
+    """format_ts as it was written before (through a datetime and isoformat)."""
+    moment = (_EPOCH + timedelta(microseconds=us)).replace(tzinfo=None)
+    if moment.microsecond:
+        return moment.isoformat(timespec="microseconds").rstrip("0") + "Z"
+    return moment.isoformat(timespec="seconds") + "Z"
+
+
+@PROFILE
+@given(
+    st.one_of(
+        st.integers(_FIRST_US, _LAST_US),
+        # whole seconds and round fractions: the cases where zeros are stripped
+        st.integers(_FIRST_US // 1_000_000, _LAST_US // 1_000_000).map(lambda s: s * 1_000_000),
+        st.integers(_FIRST_US // 1_000, _LAST_US // 1_000).map(lambda ms: ms * 1_000),
+    )
+)
+def test_format_ts_writes_what_isoformat_writes_and_reads_back(us: int) -> None:
+    text = format_ts(us)
+    assert text == _isoformat_ts(us)
+    assert parse_ts(text) == us
+
+
+@PROFILE
+@given(st.one_of(st.integers(max_value=_FIRST_US - 1), st.integers(min_value=_LAST_US + 1)))
+def test_format_ts_outside_years_1_to_9999_raises_overflow_as_before(us: int) -> None:
+    with pytest.raises(OverflowError):
+        _isoformat_ts(us)
+    with pytest.raises(OverflowError):
+        format_ts(us)

@@ -7,13 +7,17 @@ ints, not of floats); floats appear only inside the decay maths.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
 from scorestream.engine.errors import ScorestreamError
 
 US_PER_SECOND: Final = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: ``date.toordinal()`` of 1970-01-01, and of 9999-12-31 (``date.max``)
+_EPOCH_ORDINAL: Final = 719_163
+_MAX_ORDINAL: Final = 3_652_059
+_FROMORDINAL: Final = date.fromordinal
 
 _DURATION = re.compile(r"([1-9][0-9]*)([smhdw])")
 _UNIT_US = {
@@ -67,10 +71,23 @@ def from_us(us: int) -> datetime:
 
 def format_ts(us: int) -> str:
     """RFC 3339 in UTC with ``Z``; fractional seconds only when not whole."""
-    moment = from_us(us).replace(tzinfo=None)  # isoformat is much faster than strftime
-    if moment.microsecond:
-        return moment.isoformat(timespec="microseconds").rstrip("0") + "Z"
-    return moment.isoformat(timespec="seconds") + "Z"
+    # From integers, not through a datetime (an aware datetime, a timedelta, replace()
+    # and isoformat()'s keyword): every crossing and every contacts.scores record of a
+    # checkpoint carries a time. Compiled, 2.2 against 3.4 us at best (microbenchmark);
+    # %-formatting because mypyc's f-strings with format specs were slower than both.
+    # A Hypothesis test holds the text equal to isoformat's.
+    seconds, fraction = divmod(us, US_PER_SECOND)
+    days, second = divmod(seconds, 86_400)
+    ordinal = _EPOCH_ORDINAL + days
+    if not 1 <= ordinal <= _MAX_ORDINAL:
+        from_us(us)  # outside datetime's years 1 - 9999: its OverflowError, as before
+    day = _FROMORDINAL(ordinal)
+    hour, second = divmod(second, 3_600)
+    minute, second = divmod(second, 60)
+    text = "%04d-%02d-%02dT%02d:%02d:%02d" % (day.year, day.month, day.day, hour, minute, second)  # noqa: UP031
+    if fraction:
+        return (text + ".%06d" % fraction).rstrip("0") + "Z"  # noqa: UP031
+    return text + "Z"
 
 
 #: RFC 3339 ``date-time`` with a mandatory offset (``Z`` or ``±hh:mm``)
@@ -99,8 +116,6 @@ def parse_datetime(text: str) -> datetime:
         raise TimeFormatError(f"invalid timestamp {text!r}: {exc}") from None
 
 
-#: ``date.toordinal()`` of 1970-01-01
-_EPOCH_ORDINAL: Final = 719_163
 #: bound once: a compiled module looks a global name up in a dict at every use
 _FROMISOFORMAT: Final = datetime.fromisoformat
 
