@@ -80,7 +80,8 @@ def format_ts(us: int) -> str:
     days, second = divmod(seconds, 86_400)
     ordinal = _EPOCH_ORDINAL + days
     if not 1 <= ordinal <= _MAX_ORDINAL:
-        from_us(us)  # outside datetime's years 1 - 9999: its OverflowError, as before
+        # the error the datetime arithmetic raised here before
+        raise OverflowError(f"{us} us since the epoch is outside the years 1 to 9999")
     day = _FROMORDINAL(ordinal)
     hour, second = divmod(second, 3_600)
     minute, second = divmod(second, 60)
