@@ -2,8 +2,10 @@
 
 A fake Kafka keeps durable logs (input topics, changelog, leads, DLQ) and committed
 offsets; what the producer queued but did not flush when the "process" dies is lost,
-except a prefix per topic-partition (an idempotent producer delivers in order). The
-local store survives the crash, as a disk would. After the crash a new processor
+except a prefix per topic-partition (an idempotent producer delivers in order). A
+checkpoint's wait for a producer barrier delivers only what was queued before the
+barrier, and records go on being applied while a checkpoint runs, as in the worker.
+The local store survives the crash, as a disk would. After the crash a new processor
 recovers each partition from its store and the changelog, reads the inputs again from
 the committed offsets and finishes. Its states and the crossings in the leads log must
 equal those of a run that never crashed.
@@ -66,8 +68,17 @@ class FakeClient:
         self.rng = rng
         self.steps = 0
         self.queued: list[tuple[str, int, bytes | None, bytes]] = []
+        self.delivered = 0  # records queued before this many are in Kafka
+        self.dead = False
+
+    def _queue(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+        self.queued.append((topic, partition, key, value))
 
     def step(self) -> None:
+        if self.dead:
+            # Whatever else was about to run (another task in the same turn of the event
+            # loop) dies with the process.
+            raise Crash("already dead")
         self.steps += 1
         if self.crash_at is not None and self.steps == self.crash_at:
             self.die()
@@ -82,17 +93,18 @@ class FakeClient:
             for key, value in records[: self.rng.randrange(len(records) + 1)]:
                 self.kafka.log(topic, p).append((key, value, self.kafka.generation))
         self.queued.clear()
+        self.dead = True
 
     # -- emitter
 
     def crossing(self, crossing: Crossing) -> None:
         self.step()
-        self.queued.append(
-            (LEADS, 0, crossing.crossing_id.encode(), json.dumps(crossing.to_dict()).encode())
+        self._queue(
+            LEADS, 0, crossing.crossing_id.encode(), json.dumps(crossing.to_dict()).encode()
         )
 
     def dlq(self, record: dict[str, Any]) -> None:
-        self.queued.append(("dlq", 0, None, json.dumps(record).encode()))
+        self._queue("dlq", 0, None, json.dumps(record).encode())
 
     def repartition(self, partition: int, key: str, value: bytes) -> None:
         raise AssertionError("one process owns every partition here")
@@ -108,13 +120,25 @@ class FakeClient:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         self.step()
-        self.queued.append((topic, max(partition, 0), key, value))
+        self._queue(topic, max(partition, 0), key, value)
+
+    def barrier(self) -> int:
+        return self.delivered + len(self.queued)
+
+    def settled(self, token: int) -> bool:
+        return token <= self.delivered
+
+    async def settle(self, token: int) -> None:
+        """Deliver what was queued before ``token``; later records stay at risk."""
+        self.step()
+        count = max(0, token - self.delivered)
+        for topic, p, key, value in self.queued[:count]:
+            self.kafka.log(topic, p).append((key, value, self.kafka.generation))
+        del self.queued[:count]
+        self.delivered += count
 
     async def flush(self) -> None:
-        self.step()
-        for topic, p, key, value in self.queued:
-            self.kafka.log(topic, p).append((key, value, self.kafka.generation))
-        self.queued.clear()
+        await self.settle(self.barrier())
 
     def changelog_end(self, partition: int) -> int:
         return len(self.kafka.log(CHANGELOG, partition))
@@ -149,6 +173,7 @@ class Life:
     def __init__(self, kafka: FakeKafka, disk: Disk, crash_at: int | None, seed: int) -> None:
         self.kafka = kafka
         self.client = FakeClient(kafka, crash_at, random.Random(seed))
+        self.between = random.Random(seed * 7919)  # records applied between checkpoint steps
         self.proc = Processor(Engine(RULES), N, self.client, highwater=self.highwater)
         for p in range(N):
             store = disk.store(p)
@@ -186,7 +211,16 @@ class Life:
         self.proc.run(0.0, limit=most)
 
     def checkpoint(self) -> None:
-        asyncio.run(self.checkpointer.run())
+        """A checkpoint, with records applied whenever it waits (the worker's event loop)."""
+
+        async def run() -> None:
+            task = asyncio.ensure_future(self.checkpointer.run())
+            while not task.done():
+                self.proc.run(0.0, limit=self.between.randrange(1, 8))
+                await asyncio.sleep(0)
+            task.result()
+
+        asyncio.run(run())
 
 
 def inputs(seed: int) -> dict[tuple[str, int], list[bytes]]:

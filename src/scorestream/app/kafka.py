@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Producer, TopicPartition
@@ -110,6 +112,17 @@ class Outputs:
         self._changelog = topology.real(CHANGELOG)
         self._errors: list[str] = []
         self._changelog_next: dict[int, int] = {}
+        # Barriers (see the checkpoint): records are counted per epoch; a barrier closes
+        # the current epoch. Each delivery callback is bound to its record's epoch.
+        # Callbacks run in whichever thread polls (the event loop's, or the one waiting
+        # in settle), so the acknowledged counts are guarded by a lock.
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._in_epoch = 0  # records produced in the open epoch (event loop only)
+        self._sent: dict[int, int] = {}  # closed epoch -> records produced in it
+        self._acked: dict[int, int] = {}  # epoch -> records acknowledged (or failed)
+        self._settled_below = 0  # every epoch below it is fully acknowledged
+        self._on_delivery = partial(self._delivered, 0)
         self._since_poll = 0
         self._polled_at = 0.0
         self._crossing_counters: dict[tuple[str, str, str], Any] = {}
@@ -149,7 +162,7 @@ class Outputs:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Produce without waiting; on a full local queue, serve callbacks and retry."""
-        kwargs: dict[str, Any] = {"on_delivery": self._delivered}
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
         if partition >= 0:
             kwargs["partition"] = partition
         if headers:
@@ -161,29 +174,88 @@ class Outputs:
                 break
             except BufferError:
                 producer.poll(0.05)
+        self._in_epoch += 1
         self._since_poll += 1
         if self._since_poll >= 256:
             self._since_poll = 0
             producer.poll(0)
 
-    def _delivered(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
-            return
-        if msg.topic() == self._changelog:
-            p = msg.partition()
-            nxt = msg.offset() + 1
-            if nxt > self._changelog_next.get(p, 0):
-                self._changelog_next[p] = nxt
+    def _delivered(self, epoch: int, err: KafkaError | None, msg: Any) -> None:
+        with self._lock:
+            self._acked[epoch] = self._acked.get(epoch, 0) + 1
+            if err is not None:
+                self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+                return
+            if msg.topic() == self._changelog:
+                p = msg.partition()
+                nxt = msg.offset() + 1
+                if nxt > self._changelog_next.get(p, 0):
+                    self._changelog_next[p] = nxt
+
+    # -- barriers (the checkpoint's producer)
+
+    def barrier(self) -> int:
+        """A token for every record produced so far: the open epoch closes."""
+        epoch = self._epoch
+        with self._lock:
+            self._sent[epoch] = self._in_epoch
+        self._in_epoch = 0
+        self._epoch = epoch + 1
+        self._on_delivery = partial(self._delivered, epoch + 1)
+        return epoch + 1
+
+    def settled(self, token: int) -> bool:
+        """Whether every record before ``token`` is acknowledged (or failed: see
+        :meth:`settle`). Never waits; callbacks are served by the event loop's polls."""
+        with self._lock:
+            below = self._settled_below
+            sent, acked = self._sent, self._acked
+            while below < token and acked.get(below, 0) >= sent[below]:
+                del sent[below]
+                acked.pop(below, None)
+                below += 1
+            self._settled_below = below
+            return below >= token
+
+    def _raise_errors(self, remaining: int) -> None:
+        with self._lock:
+            errors = list(self._errors)
+            self._errors.clear()
+        if remaining or errors:
+            raise CheckpointError(
+                f"Kafka did not acknowledge {remaining} records: {'; '.join(errors[:5])}"
+            )
+
+    def _serve(self, token: int, timeout: float) -> int:
+        """Serve delivery callbacks until ``token`` settles; records still unacknowledged
+        (in a worker thread: the wait gives up the GIL in librdkafka)."""
+        deadline = time.monotonic() + timeout
+        while not self.settled(token):
+            if time.monotonic() >= deadline:
+                with self._lock:
+                    return sum(
+                        self._sent[e] - self._acked.get(e, 0)
+                        for e in range(self._settled_below, token)
+                    )
+            # flush, not poll: while it runs librdkafka sends at once instead of after
+            # linger.ms; it returns when the queue is empty or after 5 ms (the event
+            # loop goes on producing meanwhile), and serves callbacks either way.
+            self.producer.flush(0.005)
+        return 0
+
+    async def settle(self, token: int) -> None:
+        """Wait until every record before ``token`` is acknowledged; raise
+        CheckpointError if any failed or they take longer than ``FLUSH_TIMEOUT``."""
+        if not self.settled(token):
+            loop = asyncio.get_running_loop()
+            remaining = await loop.run_in_executor(None, self._serve, token, FLUSH_TIMEOUT)
+            self._raise_errors(remaining)
+        else:
+            self._raise_errors(0)
 
     async def flush(self) -> None:
         """Wait until Kafka has every record produced so far."""
-        loop = asyncio.get_running_loop()
-        remaining = await loop.run_in_executor(None, self.producer.flush, FLUSH_TIMEOUT)
-        if remaining or self._errors:
-            errors = "; ".join(self._errors[:5])
-            self._errors.clear()
-            raise CheckpointError(f"Kafka did not acknowledge {remaining} records: {errors}")
+        await self.settle(self.barrier())
 
     def poll(self) -> None:
         """Serve delivery callbacks, unless that was done less than ``POLL_INTERVAL``

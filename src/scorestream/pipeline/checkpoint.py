@@ -6,11 +6,13 @@ between any two steps (``kill -9`` included):
 1. **snapshot**: the offsets every owned partition's states include
    (:meth:`Processor.commit_offsets`) and the keys of the states changed since the last
    checkpoint;
-2. per chunk of those states: encode them as they are now, **flush the producer** —
-   every crossing, DLQ and repartition record produced so far is acknowledged, so a
-   state never claims an event whose outputs could still be lost — then produce their
-   changelog records (headers: the consumer generation) and ``contacts.scores`` records;
-3. flush again: the changelog has every state;
+2. per chunk of those states: encode them as they are now and take a **barrier** of the
+   producer; once every record produced before that barrier (each crossing, DLQ and
+   repartition record) is acknowledged — so a state never claims an event whose outputs
+   could still be lost — produce the chunk's changelog records (headers: the consumer
+   generation) and ``contacts.scores`` records. Chunks are encoded while the earlier
+   barriers settle, and events go on being applied between chunks;
+3. flush: the changelog has every state;
 4. **commit** the snapshot's offsets;
 5. write the states to the local store with the changelog position they correspond to.
 
@@ -27,6 +29,7 @@ the partition (an older consumer generation after a newer one).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -60,8 +63,19 @@ class Producer(Protocol):
     ) -> None:
         """Queue a record (never blocks for long)."""
 
+    def barrier(self) -> int:
+        """A token for every record produced so far (and none produced later)."""
+
+    def settled(self, token: int) -> bool:
+        """Whether every record before ``token`` is acknowledged (never waits)."""
+
+    async def settle(self, token: int) -> None:
+        """Wait until every record before ``token`` is acknowledged; raise
+        CheckpointError if one failed or they take too long."""
+
     async def flush(self) -> None:
-        """Wait until every queued record is acknowledged; raise CheckpointError if not."""
+        """Wait until every record produced so far is acknowledged (a :meth:`settle` of
+        a :meth:`barrier` taken now); raise CheckpointError if not."""
 
     def changelog_end(self, partition: int) -> int:
         """Next changelog offset after the records of ours acknowledged so far."""
@@ -122,6 +136,20 @@ class Checkpointer:
         header = [(GENERATION_HEADER, str(self.committer.generation()).encode())]
         encoded: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in parts}
         stats.blocking += clock() - began
+        # Chunks encoded, each with the barrier taken right after it: its records may go
+        # once everything produced before the barrier is acknowledged.
+        waiting: deque[tuple[int, int, list[tuple[bytes, bytes, bytes | None]]]] = deque()
+        producer = self.producer
+
+        def send_settled() -> None:
+            while waiting and producer.settled(waiting[0][0]):
+                _, p, chunk = waiting.popleft()
+                for raw_key, value, score in chunk:
+                    producer.produce(self.changelog_topic, raw_key, value, p, header)
+                    if score is not None:
+                        producer.produce(self.scores_topic, raw_key, score)
+                    encoded[p].append((raw_key, value))
+
         try:
             for p in parts:
                 todo = keys[p]
@@ -131,17 +159,18 @@ class Checkpointer:
                     for key in todo[i : i + self.chunk]:
                         value, score = proc.encode(p, key)
                         chunk.append((key.encode(), value, score))
+                    # Outputs first: these states may claim events whose crossings were
+                    # produced a moment ago. Only those need acknowledging, not what is
+                    # produced later (under load, waiting for an empty queue took
+                    # seconds per checkpoint).
+                    waiting.append((producer.barrier(), p, chunk))
+                    send_settled()
                     stats.blocking += clock() - began
-                    # Outputs first: the states below may claim events whose crossings
-                    # were produced a moment ago.
-                    await self.producer.flush()
-                    for raw_key, value, score in chunk:
-                        self.producer.produce(self.changelog_topic, raw_key, value, p, header)
-                        if score is not None:
-                            self.producer.produce(self.scores_topic, raw_key, score)
-                        encoded[p].append((raw_key, value))
                     await asyncio.sleep(0)
-            await self.producer.flush()
+            while waiting:
+                await producer.settle(waiting[0][0])
+                send_settled()
+            await producer.flush()
         except BaseException:
             for p in parts:
                 stores[p].settle(keys[p], written=False)
