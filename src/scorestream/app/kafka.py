@@ -41,6 +41,8 @@ from scorestream.settings import Settings
 
 #: seconds a checkpoint waits for Kafka to acknowledge its records
 FLUSH_TIMEOUT = 60.0
+#: seconds each wait for a barrier blocks in librdkafka before it looks again
+SERVE_WAIT = 0.05
 #: least seconds between two serves of the producer's delivery callbacks by ``poll``:
 #: each ``Producer.poll`` gives up the GIL and must win it back from the consumer's
 #: thread (up to a switch interval, 5 ms, when that thread is busy), and the worker
@@ -238,9 +240,10 @@ class Outputs:
                         for e in range(self._settled_below, token)
                     )
             # flush, not poll: while it runs librdkafka sends at once instead of after
-            # linger.ms; it returns when the queue is empty or after 5 ms (the event
-            # loop goes on producing meanwhile), and serves callbacks either way.
-            self.producer.flush(0.005)
+            # linger.ms, and serves callbacks; it returns when the queue is empty or
+            # after SERVE_WAIT (the event loop goes on producing meanwhile). Longer
+            # waits wake this thread, and take the GIL from the event loop, less often.
+            self.producer.flush(SERVE_WAIT)
         return 0
 
     async def settle(self, token: int) -> None:
