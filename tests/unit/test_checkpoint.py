@@ -24,6 +24,7 @@ import pytest
 
 from scorestream.engine.rules import load_rules
 from scorestream.engine.scorer import Crossing, Engine
+from scorestream.pipeline import checkpoint as checkpoint_mod
 from scorestream.pipeline.checkpoint import (
     ChangelogRecord,
     Checkpointer,
@@ -311,3 +312,32 @@ def test_recovery_skips_a_zombie_writer() -> None:
     # The next recovery starts after what was read, and remembers the generation.
     assert recover(store, iter([ChangelogRecord(3, b"c-1", b"zombie", 4)]), 4) == 0
     assert store.get_raw(b"c-1") == b"new-owner-1"
+
+
+@pytest.mark.parametrize("backlog", [False, True])
+def test_chunks_are_paced_unless_the_merge_holds_a_backlog(
+    backlog: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = FakeKafka(inputs(4))
+    life = Life(kafka, Disk(), None, 4)
+    life.load()
+    life.work(300)
+    ticks = iter(range(1_000_000))
+    life.checkpointer.clock = lambda: next(ticks) * 0.001  # 1 ms per reading
+    if backlog:
+        life.proc.merger.buffered = checkpoint_mod.PACE_BELOW
+    else:
+        assert life.proc.merger.buffered < checkpoint_mod.PACE_BELOW
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(checkpoint_mod.asyncio, "sleep", sleep)
+    asyncio.run(life.checkpointer.run())
+    chunks = [s for s in slept if s > 0]
+    if backlog:
+        assert not chunks  # every chunk goes on at once
+    else:
+        # each chunk took one reading of the clock (1 ms): the loop gets as long again
+        assert len(chunks) >= 5 and all(s == pytest.approx(0.001) for s in chunks)

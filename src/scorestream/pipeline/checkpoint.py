@@ -41,6 +41,11 @@ from scorestream.pipeline.store import StateStore
 #: contacts encoded between two yields to the event loop (about 1-2 ms of encoding: the
 #: loop's longest pause during a checkpoint, which is what messages wait behind)
 CHUNK = 100
+#: after each chunk, the event loop's time before the next, as a multiple of the chunk's
+PACE = 1.0
+#: records buffered in the merge from which a checkpoint is not paced (a backlog; live
+#: traffic at 5,000 events/s kept at most 800 there)
+PACE_BELOW = 2000
 #: states written to the local store per batch at the end of a checkpoint
 LOCAL_WRITE_CHUNK = 250
 GENERATION_HEADER = "g"
@@ -113,6 +118,7 @@ class Checkpointer:
         scores_topic: str,
         clock: Callable[[], float],
         chunk: int = CHUNK,
+        pace: float = PACE,
     ) -> None:
         self.processor = processor
         self.producer = producer
@@ -121,6 +127,7 @@ class Checkpointer:
         self.scores_topic = scores_topic
         self.clock = clock
         self.chunk = chunk
+        self.pace = pace
 
     async def run(self) -> CheckpointStats:
         """One checkpoint of every owned partition (see the module docstring)."""
@@ -165,8 +172,17 @@ class Checkpointer:
                     # seconds per checkpoint).
                     waiting.append((producer.barrier(), p, chunk))
                     send_settled()
-                    stats.blocking += clock() - began
-                    await asyncio.sleep(0)
+                    spent = clock() - began
+                    stats.blocking += spent
+                    # Paced while the merge holds no backlog: the event loop gets at least
+                    # as long as the chunk took before the next one. Encoded back to
+                    # back, a checkpoint's chunks held the batches that arrived meanwhile
+                    # behind all of them (p99 at 5,000 events/s 300 against 255 ms in
+                    # nine alternating pairs). Not under a backlog: every turn of the loop
+                    # is then a full batch, and a paced checkpoint committed nothing
+                    # until the backlog was applied.
+                    live = proc.merger.buffered < PACE_BELOW
+                    await asyncio.sleep(spent * self.pace if live else 0)
             while waiting:
                 await producer.settle(waiting[0][0])
                 send_settled()
