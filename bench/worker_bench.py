@@ -23,8 +23,8 @@ in the same run against:
   then apply it one after the other (the first alternates), the other frozen, so the
   figures are processing rates that do not compete. A round's rate runs until the
   group has committed the whole backlog, that is until a checkpoint made it durable
-  (a busy worker defers checkpoint work, so the moment the last event is applied
-  flatters whoever owes more of it; that rate is printed too). For each round it prints
+  (checkpoint work still owed when the last event is applied belongs to the same
+  events; the rate to the last event applied is printed too). For each round it prints
   the cores used by the workers (the process and its descendants), the broker and
   itself, how busy the machine was (``/proc``), the CPU per event, and the ratio the
   machine's CPU allows: the cores left to two processes beside the broker and the
@@ -382,10 +382,8 @@ def catch_up(
     events are applied and until their checkpoint is committed, freeze it again:
     (events/s to durable, cores used meanwhile, plus ``applied_rate``).
 
-    Durable is the fair end: a worker defers checkpoint work while it is busy (each
-    checkpoint flushes the producer, which waits behind the batches applied meanwhile),
-    so at the moment the last event is applied one process may owe more of it than two
-    do; that work belongs to the same events.
+    Durable is the fair end: when the last event is applied, the checkpoints that
+    include it are still to come, and one process may owe more of that work than two.
     """
     thaw(proc)
     began = time.time()

@@ -72,9 +72,6 @@ class FakeClient:
         self.delivered = 0  # records queued before this many are in Kafka
         self.dead = False
 
-    def _queue(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
-        self.queued.append((topic, partition, key, value))
-
     def step(self) -> None:
         if self.dead:
             # Whatever else was about to run (another task in the same turn of the event
@@ -100,12 +97,12 @@ class FakeClient:
 
     def crossing(self, crossing: Crossing) -> None:
         self.step()
-        self._queue(
-            LEADS, 0, crossing.crossing_id.encode(), json.dumps(crossing.to_dict()).encode()
+        self.queued.append(
+            (LEADS, 0, crossing.crossing_id.encode(), json.dumps(crossing.to_dict()).encode())
         )
 
     def dlq(self, record: dict[str, Any]) -> None:
-        self._queue("dlq", 0, None, json.dumps(record).encode())
+        self.queued.append(("dlq", 0, None, json.dumps(record).encode()))
 
     def repartition(self, partition: int, key: str, value: bytes) -> None:
         raise AssertionError("one process owns every partition here")
@@ -121,7 +118,7 @@ class FakeClient:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         self.step()
-        self._queue(topic, max(partition, 0), key, value)
+        self.queued.append((topic, max(partition, 0), key, value))
 
     def barrier(self) -> int:
         return self.delivered + len(self.queued)

@@ -249,12 +249,11 @@ class Outputs:
     async def settle(self, token: int) -> None:
         """Wait until every record before ``token`` is acknowledged; raise
         CheckpointError if any failed or they take longer than ``FLUSH_TIMEOUT``."""
+        remaining = 0
         if not self.settled(token):
             loop = asyncio.get_running_loop()
             remaining = await loop.run_in_executor(None, self._serve, token, FLUSH_TIMEOUT)
-            self._raise_errors(remaining)
-        else:
-            self._raise_errors(0)
+        self._raise_errors(remaining)
 
     async def flush(self) -> None:
         """Wait until Kafka has every record produced so far."""

@@ -118,7 +118,6 @@ class Checkpointer:
         scores_topic: str,
         clock: Callable[[], float],
         chunk: int = CHUNK,
-        pace: float = PACE,
     ) -> None:
         self.processor = processor
         self.producer = producer
@@ -127,7 +126,6 @@ class Checkpointer:
         self.scores_topic = scores_topic
         self.clock = clock
         self.chunk = chunk
-        self.pace = pace
 
     async def run(self) -> CheckpointStats:
         """One checkpoint of every owned partition (see the module docstring)."""
@@ -182,7 +180,7 @@ class Checkpointer:
                     # is then a full batch, and a paced checkpoint committed nothing
                     # until the backlog was applied.
                     live = proc.merger.buffered < PACE_BELOW
-                    await asyncio.sleep(spent * self.pace if live else 0)
+                    await asyncio.sleep(spent * PACE if live else 0)
             while waiting:
                 await producer.settle(waiting[0][0])
                 send_settled()
