@@ -29,6 +29,8 @@ class Cluster:
 
     partitions: int = 6
     logs: dict[tuple[str, int], Log] = field(default_factory=dict)
+    #: the consumer group generation: a member that joins (or rejoins) starts a new one
+    generation: int = 0
 
     def log(self, topic: str, partition: int) -> Log:
         return self.logs.setdefault((topic, partition), [])
@@ -84,8 +86,12 @@ class Member:
             cluster.partitions,
             self.out,
             highwater=cluster.highwater,
-            settings=settings or Settings(),
+            # Frontier markers as often as a worker's pump runs: a member's clock moves
+            # 1 ms per step.
+            settings=settings or Settings(front_interval=0.002),
         )
+        cluster.generation += 1  # a member joins: every member's assignment is new
+        self.proc.set_generation(cluster.generation)
         self.stores = stores if stores is not None else {}
         committed = committed or {}
         self.position: dict[tuple[str, int], int] = {}
@@ -104,6 +110,8 @@ class Member:
     def step(self, rng: random.Random, most: int = 20) -> bool:
         """Read a chunk of one topic-partition (or just look again); False when idle."""
         self.now += 0.001
+        if self.proc.generation != self.cluster.generation:
+            self.proc.set_generation(self.cluster.generation)
         todo = self.pending()
         if not todo:
             self.proc.refresh(self.now)
@@ -121,7 +129,29 @@ class Member:
         if rng.random() < 0.3:
             self.proc.refresh(self.now)
             self.proc.run(self.now)
+        self.proc.send_fronts(self.now)
         return True
+
+    def fetch(self, rng: random.Random, most: int = 50) -> bool:
+        """Read a chunk of every topic-partition with records, in a random order, and
+        apply what is released, as a consumer's batch would; False when idle."""
+        self.now += 0.001
+        if self.proc.generation != self.cluster.generation:
+            self.proc.set_generation(self.cluster.generation)
+        todo = self.pending()
+        rng.shuffle(todo)
+        for topic, p in todo:
+            log = self.cluster.logs[(topic, p)]
+            for _ in range(rng.randrange(1, most + 1)):
+                offset = self.position[(topic, p)]
+                if offset >= len(log):
+                    break
+                self.proc.receive(topic, p, offset, log[offset], self.now)
+                self.position[(topic, p)] = offset + 1
+        self.proc.refresh(self.now)
+        self.proc.run(self.now)
+        self.proc.send_fronts(self.now)
+        return bool(todo)
 
 
 def run_members(members: list[Member], rng: random.Random, rounds: int = 1_000_000) -> None:

@@ -118,6 +118,7 @@ class Metrics(NamedTuple):
     merge_wait: Counter
     late_events: Counter
     merge_stalls: Counter
+    merge_frontier_passes: Counter
     merge_rereads: Counter
     identify_awaited: Gauge
     identify_timeouts: Counter
@@ -258,6 +259,12 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             "scorestream_merge_stalls",
             "Inputs given up waiting for because their end offset never arrived "
             "(transaction markers)",
+            registry=reg,
+        ),
+        merge_frontier_passes=Counter(
+            "scorestream_merge_frontier_passes",
+            "Records released while a repartition input was behind its end, below the "
+            "frontier the other workers promised",
             registry=reg,
         ),
         merge_rereads=Counter(

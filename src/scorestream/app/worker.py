@@ -52,7 +52,7 @@ from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts
 from scorestream.errors import EXIT_FAILURE, KafkaFailure, UsageError
 from scorestream.pipeline import merge
-from scorestream.pipeline.checkpoint import Checkpointer, recover, recovery_start
+from scorestream.pipeline.checkpoint import Checkpointer, CheckpointError, recover, recovery_start
 from scorestream.pipeline.processor import Processor
 from scorestream.pipeline.processor import Settings as ProcessorSettings
 from scorestream.pipeline.records import MIN_TS
@@ -177,7 +177,7 @@ class Runtime:
         #: the collector's pause timer (set by main; None in tests that build a Runtime)
         self.gc_watch: GcWatch | None = None
         self._frozen_at = time.monotonic()
-        self._exported = {"late": 0, "waited": 0.0, "timeouts": 0, "stalls": 0}
+        self._exported = {"late": 0, "waited": 0.0, "timeouts": 0, "stalls": 0, "passed": 0}
         self._exported_rejected = 0
         self.metrics.rules_info.labels(rules.version).set(1)
         self._versions = {rules.version}
@@ -311,6 +311,7 @@ class Runtime:
                     self._pause(TP(topic, partition))
         merger.look_again(now)
         proc.run(now, RUN_LIMIT)
+        proc.send_fronts(now)
         if self.waiting():
             self.wake_pump.set()
         self._observe_delays(now)
@@ -330,6 +331,7 @@ class Runtime:
             self.handover.freeze_check(now)
         proc.refresh(now)
         proc.run(now, RUN_LIMIT * 5)
+        proc.send_fronts(now)
         self._observe_delays(now)
         if self._paused:
             self._resume_drained()
@@ -477,11 +479,13 @@ class Runtime:
         m.merge_wait.inc(max(0.0, merger.waited - seen["waited"]))
         m.identify_timeouts.inc(merger.expect_timeouts - seen["timeouts"])
         m.merge_stalls.inc(merger.stalls - seen["stalls"])
+        m.merge_frontier_passes.inc(merger.passed - seen["passed"])
         seen.update(
             late=proc.late,
             waited=merger.waited,
             timeouts=merger.expect_timeouts,
             stalls=merger.stalls,
+            passed=merger.passed,
         )
         m.merge_buffered.set(merger.buffered)
         m.identify_awaited.set(merger.expected)
@@ -587,6 +591,13 @@ class Runtime:
             await self._checkpoint()
             self.processor.revoke(list(self.processor.parts))
             self._paused.clear()
+            # What the revoke sent on (and everything before) reaches Kafka before this
+            # worker rejoins, so before anything sent in the next generation: receivers
+            # rely on that order (Merger.front).
+            try:
+                await self.outputs.flush()
+            except CheckpointError as exc:
+                log.warning("flush before the rebalance failed: %s", exc)
         self.metrics.partitions.set(0)
 
     async def on_assigned(self, assignment: Iterable[TP]) -> None:
@@ -605,6 +616,9 @@ class Runtime:
             raise RuntimeError(f"partitions {split} are not co-partitioned in this assignment")
         if self.processor.parts:
             self.processor.revoke(list(self.processor.parts))
+        # Before the partitions: their repartition inputs trust only what other
+        # workers sent in this generation (Merger.front).
+        self.processor.set_generation(self.app.consumer_generation_id)
         for p in list(self.stores):
             if p not in mine:
                 self.stores.pop(p).close()

@@ -112,7 +112,9 @@ class Source:
         "ahead_since",
         "arrivals",
         "blocking",
+        "bound",
         "fetched_at",
+        "fronts",
         "gap_at",
         "idle_until",
         "lag_since",
@@ -173,6 +175,11 @@ class Source:
         self.arrivals: deque[list[int]] = deque()
         #: records queued since the last batch was marked in ``arrivals``
         self.unmarked = 0
+        #: repartition topic: per sending partition on another worker, the frontier
+        #: of the newest record it sent here in this generation, and the smallest of
+        #: them once every such partition has sent one (see Merger.front)
+        self.fronts: dict[int, Key] = {}
+        self.bound: Key | None = None
 
     def __repr__(self) -> str:
         return f"Source({self.topic}[{self.partition}]@{self.received}, blocking={self.blocking})"
@@ -264,6 +271,14 @@ class Merger:
         #: than STALL_SECONDS: a source counts as quiet only while the merge was looking
         self._looked = 0.0
         self._watching_since = 0.0
+        #: the largest key released so far (see :meth:`front`)
+        self.high: Key = _CLOSED
+        #: the consumer group generation this worker's assignment is from, and the
+        #: partitions other workers own in it (the processor sets both)
+        self.generation = 0
+        self.remote: tuple[int, ...] = ()
+        #: releases that went past a repartition input behind its end, below its bound
+        self.passed = 0
 
     # ------------------------------------------------------------------ topology
 
@@ -427,7 +442,13 @@ class Merger:
                 self._until_look = self.look_every
                 self.look_again(now)
         _, key, _, queue, _ = heap[0]
-        if self._blocking or self._at_barrier(key):
+        passing = False
+        if self._blocking:
+            if not self._passable(key):
+                self._waiting(True, now)
+                return None
+            passing = True
+        if self._at_barrier(key):
             self._waiting(True, now)
             return None
         hold = self.hold
@@ -443,6 +464,8 @@ class Merger:
         self._stale = False
         if self._wait_began is not None:
             self._waiting(False, now)
+        if passing:
+            self.passed += 1
         record = items.popleft()
         self.buffered -= 1
         if source is not None:
@@ -454,6 +477,8 @@ class Merger:
             self.last = key
         else:
             self.last = queue.top
+        if key > self.high:  # noqa: PLR1730 (max() is a call per release)
+            self.high = key
         if items:
             self._seq += 1
             head = items[0]
@@ -464,6 +489,66 @@ class Merger:
             if source is not None:
                 self._emptied(source, now)
         return record
+
+    def _passable(self, key: Key) -> bool:
+        """Whether the head ``key`` may go past every blocking source: only repartition
+        inputs block, and the head (with everything released before it) is below each
+        one's bound, so nothing it has not read yet comes before the head."""
+        top = key if key > self.high else self.high
+        for source in self._blocking:
+            bound = source.bound
+            if bound is None or top >= bound:
+                return False
+        return True
+
+    def set_generation(self, generation: int, remote: Iterable[int]) -> None:
+        """The assignment changed: what senders promised before no longer holds."""
+        remote = tuple(sorted(remote))
+        if generation != self.generation or remote != self.remote:
+            self.generation = generation
+            self.remote = remote
+            for source in self.sources.values():
+                source.fronts.clear()
+                source.bound = None
+
+    def front(self, source: Source, sender: int, generation: int, frontier: Key | None) -> None:
+        """A record sent by partition ``sender`` came through the repartition ``source``,
+        with the frontier its worker promised when sending it.
+
+        The sender's frontier is a key that every record it releases from then on
+        follows in the order of the whole stream (the largest key it had released, or
+        the key of a hand-over it still awaited if smaller; see ``Processor``). Kafka
+        keeps a partition's records in the order sent, so what ``source`` still holds
+        from ``sender`` comes at or after that frontier. Once every partition on another
+        worker has sent one in this generation, the smallest of their frontiers bounds
+        what the unread records of ``source`` hold: records before it may be released
+        although ``source`` is behind its end (two workers on a backlog otherwise wait
+        for each other's records at every turn; Kafka Streams has no such bound and
+        waits, or gives up after ``max.task.idle.ms``).
+
+        A record of another generation (its sender's owner may have changed, and a new
+        owner replays from older offsets) or without a frontier voids what was known:
+        the source blocks, as it would without frontiers, until every sender has sent
+        again. Workers flush what they sent before they give partitions up, so records
+        of an older generation come before those of the next one in the topic.
+        """
+        if frontier is None or generation != self.generation or sender not in self.remote:
+            if source.fronts or source.bound is not None:
+                source.fronts.clear()
+                source.bound = None
+            return
+        fronts = source.fronts
+        fronts[sender] = frontier
+        bound: Key | None = None
+        if len(fronts) >= len(self.remote):
+            for partition in self.remote:
+                front = fronts.get(partition)
+                if front is None:
+                    bound = None
+                    break
+                if bound is None or front < bound:
+                    bound = front
+        source.bound = bound
 
     def _at_barrier(self, key: Key) -> bool:
         expected = self._expected_min

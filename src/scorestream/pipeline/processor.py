@@ -57,6 +57,7 @@ from scorestream.pipeline.records import (
     clock_envelope,
     decode_envelope,
     encode_envelope,
+    front_envelope,
     stream_id,
 )
 from scorestream.pipeline.routing import INPUT_TOPICS, REPARTITION, partition_for
@@ -108,6 +109,8 @@ class Awaited:
     #: the identify's origin: not committed past while the answer is awaited, so that
     #: a restart asks again (and waits again) instead of applying what follows first
     anchor: tuple[int, str, int] | None
+    #: no longer awaited (answered, given up or its partition revoked)
+    done: bool = False
 
 
 @dataclass(slots=True)
@@ -128,6 +131,9 @@ class Settings:
     #: keep the index of contacts with something due, for :meth:`Processor.tick` (an
     #: offline run advances every contact once at the end instead)
     schedule: bool = True
+    #: seconds between frontier markers sent to the partitions other workers own, while
+    #: the frontier moves (:meth:`Processor.send_fronts`); 0: none
+    front_interval: float = 0.05
 
 
 class Processor:
@@ -184,6 +190,19 @@ class Processor:
         self._parked: dict[str, list[tuple[Record, Key]]] = {}
         #: records parked now
         self.parked = 0
+        #: the awaited hand-overs by answer key, answered ones left in until they reach
+        #: the top (the smallest awaited key is part of the frontier, see _frontier)
+        self._await_keys: list[tuple[Key, int, Awaited]] = []
+        self._await_seq = 0
+        #: the key the record being applied comes after in the order of the whole
+        #: stream (Merger.last when it was released)
+        self._cause: Key = _MIN_KEY
+        #: the consumer group generation of this worker's assignment (the worker sets it
+        #: before assigning; sent with repartition records, see Merger.front)
+        self.generation = 0
+        #: the frontier last sent as markers, and when
+        self._front_sent: Key | None = None
+        self._front_at = 0.0
 
     # ------------------------------------------------------------------ plans
 
@@ -346,6 +365,7 @@ class Processor:
             (self.real(REPARTITION), REPARTITION),
             committed,
         )
+        self._remote()
         # Records other partitions already sent here in memory wait in the merger; a
         # (re)assigned partition starts with empty peer queues: the senders' offsets
         # were held, so replays re-create whatever was lost.
@@ -367,7 +387,23 @@ class Processor:
             for record in self.merger.remove_partition(number):
                 if record.topic or record.sender in going or record.sender not in self.parts:
                     continue
+                # Sent out of release order: no frontier promised with it.
+                record.frontier = None
+                record.gen = self.generation
                 self.emit.repartition(number, record.to, encode_envelope(record))
+        self._remote()
+
+    def set_generation(self, generation: int) -> None:
+        """The consumer group generation of the assignment (the worker calls this before
+        assigning partitions in a new one): what other workers sent in an older one
+        promises nothing (see Merger.front)."""
+        self.generation = generation
+        self._remote()
+
+    def _remote(self) -> None:
+        self.merger.set_generation(
+            self.generation, [p for p in range(self.n) if p not in self.parts]
+        )
 
     def _forget(self, numbers: set[int]) -> None:
         """Drop the hand-overs awaited and records parked in these partitions (their
@@ -375,6 +411,7 @@ class Processor:
         n = self.n
         for key in [k for k in self._awaiting if partition_for(k, n) in numbers]:
             for waited in self._awaiting.pop(key):
+                waited.done = True
                 self.merger.fulfil(waited.token)
         for key in list(self._parked):
             records = self._parked[key]
@@ -482,6 +519,11 @@ class Processor:
             merger.arrived(source, offset, now)
             return
         if record.kind == CLOCK:
+            if record.frontier is not None:  # a frontier marker (send_fronts)
+                merger.front(source, record.sender, record.gen, record.frontier)
+                self._count(REPARTITION, "clock")
+                merger.arrived(source, offset, now)
+                return
             newest = record.key[0]
             if self.remote_newest is None or newest > self.remote_newest:
                 self.remote_newest = newest
@@ -494,6 +536,7 @@ class Processor:
         if record.kind == STATE:
             merger.fulfil(_token(record.merge_id, record.to))
         merger.insert(merger.peer(partition, record.sender, kafka=True), record)
+        merger.front(source, record.sender, record.gen, record.frontier)
         merger.arrived(source, offset, now)
 
     # ------------------------------------------------------------------ release
@@ -534,6 +577,7 @@ class Processor:
         if self._awaiting:
             self._route(record, self.merger.last, now)
         else:
+            self._cause = self.merger.last
             self._dispatch(record, now)
 
     def _route(self, record: Record, after: Key, now: float) -> None:
@@ -556,6 +600,7 @@ class Processor:
                     parked.append((record, after))
                 self.parked += 1
                 return
+        self._cause = after
         self._dispatch(record, now)
         if kind == STATE and self._awaiting:
             self._answered(record.to, _token(record.merge_id, record.to), now)
@@ -568,6 +613,9 @@ class Processor:
         left = [w for w in waits if w.token != token]
         if len(left) == len(waits):
             return
+        for waited in waits:
+            if waited.token == token:
+                waited.done = True
         if left:
             self._awaiting[target] = left
         else:
@@ -761,6 +809,8 @@ class Processor:
         if dest in self.parts:
             self.merger.push(self.merger.peer(dest, part.number), record)
             return
+        record.frontier = self._frontier()
+        record.gen = self.generation
         self.emit.repartition(dest, _routing_key(record), encode_envelope(record))
         if record.kind == REQUEST and expect:
             # Its answer comes back through Kafka: the contact's records past its key wait.
@@ -774,6 +824,24 @@ class Processor:
             elif all(w.token != token for w in waits):
                 waits.append(waited)
                 waits.sort(key=_awaited_key)
+            else:
+                return
+            self._await_seq += 1
+            heapq.heappush(self._await_keys, (key, self._await_seq, waited))
+
+    def _frontier(self) -> Key:
+        """A key every record this worker sends from now on follows in the order of the
+        whole stream (what ``Merger.front`` relies on): the record being applied comes
+        after ``_cause`` and so does each record released after it; records parked
+        for an awaited hand-over come after that hand-over's answer key, the smallest
+        of which is taken when it is smaller."""
+        frontier = self._cause
+        heap = self._await_keys
+        while heap and heap[0][2].done:
+            heapq.heappop(heap)
+        if heap and heap[0][0] < frontier:
+            frontier = heap[0][0]
+        return frontier
 
     # ------------------------------------------------------------------ time
 
@@ -862,6 +930,32 @@ class Processor:
         for dest in range(self.n):
             if dest not in self.parts:
                 self.emit.repartition(dest, "", clock_envelope(-1, newest))
+
+    def send_fronts(self, now: float) -> int:
+        """Tell every partition this processor does not own, for each partition it owns,
+        the frontier (see :meth:`_frontier`), at most every ``front_interval`` seconds
+        and only when it moved; return how many markers were sent.
+
+        A receiver knows how far another worker has got only from what that worker sent
+        it: hand-overs are too sparse to tell it about every sending partition, and a
+        receiver waits for a partition it knows nothing about (Merger.front).
+        """
+        interval = self.settings.front_interval
+        if interval <= 0 or now - self._front_at < interval:
+            return 0
+        self._front_at = now
+        frontier = self._frontier()
+        remote = self.merger.remote
+        if frontier == self._front_sent or not remote or not self.parts:
+            return 0
+        self._front_sent = frontier
+        sent = 0
+        for number in self.parts:
+            marker = front_envelope(number, frontier, self.generation)
+            for dest in remote:
+                self.emit.repartition(dest, "", marker)
+                sent += 1
+        return sent
 
     def advance_all(self, at: int) -> None:
         """Let time pass to ``at`` for every contact (offline: the evaluation time)."""
@@ -1018,6 +1112,10 @@ def dlq_record(
         record["payload"] = base64.b64encode(body).decode("ascii")
         record["encoding"] = "base64"
     return record
+
+
+#: below every record's key (a frontier that promises nothing)
+_MIN_KEY: Key = (MIN_TS - 1, 0, 0, 0, 0)
 
 
 def _next_hop(key: Key) -> Key:

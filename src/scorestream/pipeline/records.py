@@ -61,6 +61,8 @@ class Record:
         "anon",
         "at",
         "event",
+        "frontier",
+        "gen",
         "key",
         "kind",
         "merge_id",
@@ -93,6 +95,8 @@ class Record:
         payload: bytes | None = None,
         reason: str = "",
         stream: str = "",
+        frontier: Key | None = None,
+        gen: int = 0,
     ) -> None:
         self.kind = kind
         self.key = key
@@ -121,6 +125,12 @@ class Record:
         self.stream_ = stream
         #: the partition whose queue holds the record (set when it is queued)
         self.part = -1
+        #: sent through Kafka: the sending worker's frontier when it sent the record (a
+        #: key no later record it sends comes before in the order of the whole stream;
+        #: None: no such promise) and its consumer group generation (see
+        #: ``Merger.front``)
+        self.frontier = frontier
+        self.gen = gen
 
     @property
     def stream(self) -> str:
@@ -159,6 +169,8 @@ def encode_envelope(record: Record) -> bytes:
         record.at,
         record.merge_id,
         record.payload,
+        None if record.frontier is None else list(record.frontier),
+        record.gen,
     ]
     return _MAGIC + bytes(msgpack.packb(doc, use_bin_type=True))
 
@@ -170,14 +182,34 @@ def clock_envelope(sender: int, newest: int) -> bytes:
     )
 
 
+def front_envelope(sender: int, frontier: Key, generation: int) -> bytes:
+    """A frontier marker: partition ``sender``'s worker sends nothing more that comes
+    before ``frontier`` (a clock message without a time, which workers from before
+    markers ignore)."""
+    doc = [CLOCK, "", sender, [MIN_TS, 0, sender, 0, 0], b"", "", 0, "", None]
+    doc.append(list(frontier))
+    doc.append(generation)
+    return _MAGIC + bytes(msgpack.packb(doc))
+
+
 def decode_envelope(data: bytes) -> Record:
     """Inverse of :func:`encode_envelope` (events are decoded by the caller)."""
     if data[:2] != _MAGIC:
         raise EnvelopeError("not a repartition envelope (bad magic)")
     try:
-        kind, to, sender, key, raw, anon, at, merge_id, payload = msgpack.unpackb(
-            data[2:], raw=False
-        )
+        doc = msgpack.unpackb(data[2:], raw=False)
+        # 9 fields from workers before the frontier (they may still be in the topic)
+        kind, to, sender, key, raw, anon, at, merge_id, payload = doc[:9]
+        frontier: Key | None = None
+        gen = 0
+        if len(doc) == 11:
+            front, gen = doc[9], int(doc[10])
+            if front is not None:
+                if len(front) != 5:
+                    raise EnvelopeError("not a repartition envelope (frontier)")
+                frontier = tuple([int(x) for x in front])
+        elif len(doc) != 9:
+            raise EnvelopeError(f"not a repartition envelope ({len(doc)} fields)")
         if kind not in (EVENT, REQUEST, STATE, CLOCK) or len(key) != 5:
             raise EnvelopeError(f"not a repartition envelope (kind {kind!r})")
         return Record(
@@ -190,6 +222,8 @@ def decode_envelope(data: bytes) -> Record:
             at=int(at),
             merge_id=str(merge_id),
             payload=None if payload is None else bytes(payload),
+            frontier=frontier,
+            gen=gen,
         )
     except EnvelopeError:
         raise

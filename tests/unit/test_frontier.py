@@ -1,0 +1,129 @@
+"""Frontiers: a repartition input behind its end holds back only what its unread records
+could come before (Merger.front, Processor._frontier, Processor.send_fronts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from scorestream.pipeline.merge import Merger
+from scorestream.pipeline.records import (
+    CLOCK,
+    EVENT,
+    Key,
+    Record,
+    decode_envelope,
+    encode_envelope,
+    front_envelope,
+)
+
+
+def key(ts: int, offset: int = 0, partition: int = 0) -> Key:
+    return (ts, 0, partition, offset, 0)
+
+
+class Fixture:
+    """A merger owning partition 0 of a 3-partition stream (1 and 2 are remote), with
+    one record queued on an input and the repartition input behind its end."""
+
+    def __init__(self) -> None:
+        self.high = {("rep", 0): 5, ("in", 0): 1}
+        self.merger = Merger(lambda topic, part: self.high.get((topic, part), 0))
+        self.merger.add_partition(0, [("in", "in")], ("rep", "rep"), {})
+        self.merger.set_generation(7, [1, 2])
+        self.source = self.merger.sources[("in", 0)]
+        self.rep = self.merger.sources[("rep", 0)]
+        assert self.source.queue is not None
+        self.merger.push(self.source.queue, Record(EVENT, key(100), "c", 0))
+        self.merger.arrived(self.source, 0, 1.0)
+        self.merger.refresh(1.0)
+
+    def front(self, sender: int, ts: int, generation: int = 7, offset: int = 0) -> None:
+        self.merger.front(self.rep, sender, generation, key(ts, offset, sender))
+
+    def released(self) -> bool:
+        return self.merger.pop(1.0) is not None
+
+
+def test_a_repartition_input_behind_its_end_blocks_without_frontiers() -> None:
+    f = Fixture()
+    assert f.merger.blocking == [f.rep]
+    assert not f.released()
+
+
+def test_records_before_every_remote_senders_frontier_pass_it() -> None:
+    f = Fixture()
+    f.front(1, 200)
+    assert not f.released()  # partition 2 has promised nothing yet
+    f.front(2, 150)
+    assert f.rep.bound == key(150, 0, 2)
+    assert f.released()
+    assert f.merger.passed == 1
+
+
+def test_a_record_at_or_past_the_smallest_frontier_waits() -> None:
+    f = Fixture()
+    f.front(1, 200)
+    f.front(2, 100)  # (100, 0, 2, ...) comes after the head (100, 0, 0, ...): passes
+    assert f.released()
+    f = Fixture()
+    f.front(1, 200)
+    f.front(2, 99)
+    assert not f.released()
+    f.front(2, 101)  # the newest record from a sender is what counts
+    assert f.released()
+
+
+def test_everything_released_before_counts_not_only_the_head() -> None:
+    # The head is early, but larger keys were released already: the unread records
+    # could come before those in the order of the whole stream.
+    f = Fixture()
+    f.merger.high = key(300)
+    f.front(1, 200)
+    f.front(2, 200)
+    assert not f.released()
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda f: f.merger.front(f.rep, 1, 6, key(500)),  # an older generation
+        lambda f: f.merger.front(f.rep, 2, 7, None),  # sent without a promise
+    ],
+)
+def test_a_record_without_a_promise_for_this_generation_voids_the_frontiers(spoil: Any) -> None:
+    f = Fixture()
+    f.front(1, 200)
+    f.front(2, 200)
+    spoil(f)
+    assert f.rep.bound is None
+    assert not f.released()
+
+
+def test_a_sender_this_worker_owns_promises_nothing() -> None:
+    f = Fixture()
+    f.front(1, 200)
+    f.front(2, 200)
+    f.front(0, 900)  # a previous owner of partition 0 (now ours) sent this
+    assert f.rep.bound is None and not f.released()
+
+
+def test_a_new_generation_forgets_the_frontiers() -> None:
+    f = Fixture()
+    f.front(1, 200)
+    f.front(2, 200)
+    f.merger.set_generation(8, [1, 2])
+    assert f.rep.bound is None and not f.released()
+
+
+def test_envelopes_carry_frontier_and_generation_and_old_ones_still_decode() -> None:
+    record = Record(EVENT, key(5), "c", 3, raw=b"{}", frontier=key(4, 1, 2), gen=9)
+    back = decode_envelope(encode_envelope(record))
+    assert (back.frontier, back.gen) == (key(4, 1, 2), 9)
+    old = b"E1" + msgpack.packb([EVENT, "c", 3, list(key(5)), b"{}", "", 0, "", None])
+    back = decode_envelope(old)
+    assert (back.key, back.frontier, back.gen) == (key(5), None, 0)
+    marker = decode_envelope(front_envelope(2, key(8), 4))
+    assert (marker.kind, marker.sender, marker.frontier, marker.gen) == (CLOCK, 2, key(8), 4)
