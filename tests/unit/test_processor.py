@@ -1057,37 +1057,50 @@ def test_a_worker_taking_over_its_peers_partitions_still_agrees_with_offline(see
     assert scores([survivor], run) == expected_scores(run)
 
 
-def test_a_worker_awaiting_a_hand_over_promises_no_more_than_its_answer() -> None:
-    # Records parked for the answer are applied when it comes, and may send records
-    # then: the frontier a worker sends stays at the answer's key, however far past it
-    # the release has gone (Processor._frontier).
-    member, cluster, anon, contact = _awaiting_member()
-    proc = member.proc
-    # Another contact's later form on the same partition is applied meanwhile.
-    other = next(
-        f"o-{i}"
-        for i in range(1000)
-        if partition_for(f"o-{i}", N) == partition_for(contact, N) and f"o-{i}" != contact
-    )
-    form = ev(3, "form_submit", 2, contact_id=other, props={"form_id": "contact"})
-    proc.receive("events.form", partition_for(other, N), 1, json.dumps(form).encode(), 1.0)
-    assert proc.run(1.0) == 3 and proc.parked == 1
-    rep = cluster.logs[(REPARTITION, partition_for(anon, N))]
-    (request,) = [decode_envelope(v) for v in rep if v]
-    assert request.kind == REQUEST and request.gen == cluster.generation
-    answer = (*request.key[:4], 2)
-    assert proc.merger.high > answer  # the parked form was released past it
-    assert proc.send_fronts(2.0) == 3 * 3  # for each partition it owns, to each other one
-    markers = [
+def _markers(cluster: Cluster) -> list[Any]:
+    """The frontier markers at the ends of the repartition logs."""
+    found = [
         decode_envelope(v)
         for (topic, _), log in cluster.logs.items()
         if topic == REPARTITION
         for v in log[-3:]
         if v
     ]
-    markers = [m for m in markers if m.kind == CLOCK]
+    return [m for m in found if m.kind == CLOCK]
+
+
+@pytest.mark.parametrize("second_identify", [False, True])
+def test_a_worker_awaiting_a_hand_over_promises_what_its_parked_records_allow(
+    second_identify: bool,
+) -> None:
+    # Records parked for the answer are applied when it comes, and may send records
+    # then: the frontier a worker sends stays at the key such a record came after,
+    # however far past it the release has gone. A parked event of the contact sends
+    # nothing, and does not hold the frontier back (Processor._frontier).
+    member, cluster, anon, contact = _awaiting_member()
+    proc = member.proc
+    p = partition_for(contact, N)
+    if second_identify:
+        again = ev(9, "identify", 1.5, contact_id=contact, anonymous_id=f"{anon}-2")
+        proc.receive("contacts.profile", p, 1, json.dumps(again).encode(), 1.0)
+    # Another contact's later form on the same partition is applied meanwhile.
+    other = next(f"o-{i}" for i in range(1000) if partition_for(f"o-{i}", N) == p)
+    form = ev(3, "form_submit", 2, contact_id=other, props={"form_id": "contact"})
+    proc.receive("events.form", p, 1, json.dumps(form).encode(), 1.0)
+    parked = 2 if second_identify else 1
+    assert proc.run(1.0) == 3 + second_identify and proc.parked == parked
+    rep = cluster.logs[(REPARTITION, partition_for(anon, N))]
+    (request,) = [decode_envelope(v) for v in rep if v]
+    assert request.kind == REQUEST and request.gen == cluster.generation
+    assert proc.send_fronts(2.0) == 3 * 3  # for each partition it owns, to each other one
+    markers = _markers(cluster)
     assert len(markers) == 9 and len({m.frontier for m in markers}) == 1
-    assert markers[0].frontier is not None and markers[0].frontier <= answer
+    frontier = markers[0].frontier
+    released = proc.merger.high  # the other contact's form, past everything parked
+    if second_identify:
+        assert frontier is not None and frontier[0] == T0 + 90 * US_PER_SECOND < released[0]
+    else:
+        assert frontier == released
     assert proc.send_fronts(2.001) == 0  # not before front_interval
     assert proc.send_fronts(3.0) == 0  # nor when it has not moved
 

@@ -109,8 +109,6 @@ class Awaited:
     #: the identify's origin: not committed past while the answer is awaited, so that
     #: a restart asks again (and waits again) instead of applying what follows first
     anchor: tuple[int, str, int] | None
-    #: no longer awaited (answered, given up or its partition revoked)
-    done: bool = False
 
 
 @dataclass(slots=True)
@@ -190,10 +188,11 @@ class Processor:
         self._parked: dict[str, list[tuple[Record, Key]]] = {}
         #: records parked now
         self.parked = 0
-        #: the awaited hand-overs by answer key, answered ones left in until they reach
-        #: the top (the smallest awaited key is part of the frontier, see _frontier)
-        self._await_keys: list[tuple[Key, int, Awaited]] = []
-        self._await_seq = 0
+        #: parked records that may send records when applied (see _may_send): id ->
+        #: the key each comes after, and those keys in a heap (entries of records no
+        #: longer parked are dropped when they reach the top); part of the frontier
+        self._sending: dict[int, Key] = {}
+        self._sending_keys: list[tuple[Key, int]] = []
         #: the key the record being applied comes after in the order of the whole
         #: stream (Merger.last when it was released)
         self._cause: Key = _MIN_KEY
@@ -411,11 +410,13 @@ class Processor:
         n = self.n
         for key in [k for k in self._awaiting if partition_for(k, n) in numbers]:
             for waited in self._awaiting.pop(key):
-                waited.done = True
                 self.merger.fulfil(waited.token)
         for key in list(self._parked):
             records = self._parked[key]
             kept = [(r, after) for r, after in records if r.part not in numbers]
+            for record, _ in records:
+                if record.part in numbers:
+                    self._sending.pop(id(record), None)
             self.parked -= len(records) - len(kept)
             if kept:
                 self._parked[key] = kept
@@ -599,6 +600,9 @@ class Processor:
                 else:
                     parked.append((record, after))
                 self.parked += 1
+                if self._may_send(record):
+                    self._sending[id(record)] = after
+                    heapq.heappush(self._sending_keys, (after, id(record)))
                 return
         self._cause = after
         self._dispatch(record, now)
@@ -613,9 +617,6 @@ class Processor:
         left = [w for w in waits if w.token != token]
         if len(left) == len(waits):
             return
-        for waited in waits:
-            if waited.token == token:
-                waited.done = True
         if left:
             self._awaiting[target] = left
         else:
@@ -624,8 +625,24 @@ class Processor:
         if records is None:
             return
         self.parked -= len(records)
+        sending = self._sending
         for record, after in records:  # in release order; each may be parked again
+            sending.pop(id(record), None)
             self._route(record, after, now)
+
+    def _may_send(self, record: Record) -> bool:
+        """Whether applying a parked record may send records to other partitions: all but
+        the events of a contact id in its own partition (no hand-over, no forward)."""
+        if record.kind != EVENT:
+            return True
+        event = record.event
+        if event is None or type(event) is Identify or event.contact_id is None:
+            return True
+        if partition_for(record.to, self.n) != record.part:
+            return True
+        part = self.parts.get(record.part)
+        state = part.store.get(record.to) if part is not None else None
+        return state is not None and state.alias is not None
 
     def _expire(self, now: float) -> None:
         """Give up hand-overs awaited for ``identify_wait``: apply what waited for them."""
@@ -824,20 +841,20 @@ class Processor:
             elif all(w.token != token for w in waits):
                 waits.append(waited)
                 waits.sort(key=_awaited_key)
-            else:
-                return
-            self._await_seq += 1
-            heapq.heappush(self._await_keys, (key, self._await_seq, waited))
 
     def _frontier(self) -> Key:
         """A key every record this worker sends from now on follows in the order of the
         whole stream (what ``Merger.front`` relies on): the record being applied comes
-        after ``_cause`` and so does each record released after it; records parked
-        for an awaited hand-over come after that hand-over's answer key, the smallest
-        of which is taken when it is smaller."""
+        after ``_cause``, and so does each record released after it; a parked record
+        that may send comes after the key it was released after, the smallest of which
+        is taken when it is smaller. (Parked events of a contact id send nothing: the
+        identify's contact usually has such events parked, and counting them held the
+        frontier at the oldest hand-over awaited, one round trip between the workers
+        behind, which let almost nothing pass.)"""
         frontier = self._cause
-        heap = self._await_keys
-        while heap and heap[0][2].done:
+        heap = self._sending_keys
+        sending = self._sending
+        while heap and sending.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)
         if heap and heap[0][0] < frontier:
             frontier = heap[0][0]
