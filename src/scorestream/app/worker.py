@@ -526,9 +526,14 @@ class Runtime:
                         # the consumer's next offset to hand over: at "received", it
                         # is still fetching; beyond it, records are on their way or lost
                         "consumer_position": merger.position(s.topic, s.partition),
+                        # a repartition input: records before this key pass it (the
+                        # other workers' smallest frontier; Merger.front)
+                        "frontier": None if s.bound is None else format_ts(s.bound[0]),
                     }
                     for s in merger.blocking
                 ],
+                "released_up_to": None if merger.high[0] <= MIN_TS else format_ts(merger.high[0]),
+                "waiting_for_a_poll": merger.waiting_for_poll,
                 "handovers_awaited": merger.expected,
                 "contacts_awaiting": proc.awaiting,
                 "records_parked": proc.parked,

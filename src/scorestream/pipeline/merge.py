@@ -790,6 +790,11 @@ class Merger:
         return bool(self._blocking or self._unchecked or self._stale)
 
     @property
+    def waiting_for_poll(self) -> bool:
+        """Whether the head waits for a poll of an empty input made after it came."""
+        return self._stale
+
+    @property
     def blocking(self) -> list[Source]:
         """Sources the release waits for now (as last looked at)."""
         return sorted(self._blocking, key=lambda s: (s.partition, s.topic))
