@@ -88,6 +88,11 @@ PUMP_WAITING = 0.003
 PUMP_IDLE = 0.05
 
 
+def _event_time(us: int) -> str | None:
+    """An event time for ``/status`` (None for the keys below every event's time)."""
+    return format_ts(us) if us > MIN_TS else None
+
+
 def partition_state(consumer: Any, topic: str, partition: int) -> Any:
     """aiokafka's fetch state of one partition of the current assignment (its position,
     high-water mark and last poll time), or None when there is none (the consumer is
@@ -528,11 +533,11 @@ class Runtime:
                         "consumer_position": merger.position(s.topic, s.partition),
                         # a repartition input: records before this key pass it (the
                         # other workers' smallest frontier; Merger.front)
-                        "frontier": None if s.bound is None else format_ts(s.bound[0]),
+                        "frontier": None if s.bound is None else _event_time(s.bound[0]),
                     }
                     for s in merger.blocking
                 ],
-                "released_up_to": None if merger.high[0] <= MIN_TS else format_ts(merger.high[0]),
+                "released_up_to": _event_time(merger.high[0]),
                 "waiting_for_a_poll": merger.waiting_for_poll,
                 "handovers_awaited": merger.expected,
                 "contacts_awaiting": proc.awaiting,

@@ -512,25 +512,27 @@ class Merger:
                 source.bound = None
 
     def front(self, source: Source, sender: int, generation: int, frontier: Key | None) -> None:
-        """A record sent by partition ``sender`` came through the repartition ``source``,
-        with the frontier its worker promised when sending it.
+        """A frontier marker from partition ``sender`` came through the repartition
+        ``source``: what its worker promised when it sent the marker.
 
         The sender's frontier is a key that every record it releases from then on
-        follows in the order of the whole stream (the largest key it had released, or
-        the key of a hand-over it still awaited if smaller; see ``Processor``). Kafka
-        keeps a partition's records in the order sent, so what ``source`` still holds
-        from ``sender`` comes at or after that frontier. Once every partition on another
-        worker has sent one in this generation, the smallest of their frontiers bounds
-        what the unread records of ``source`` hold: records before it may be released
-        although ``source`` is behind its end (two workers on a backlog otherwise wait
-        for each other's records at every turn; Kafka Streams has no such bound and
-        waits, or gives up after ``max.task.idle.ms``).
+        follows in the order of the whole stream (the key the record it was applying
+        came after, or that of a parked record that may send, if smaller; see
+        ``Processor._frontier``). Kafka keeps a partition's records in the order sent,
+        so what ``source`` still holds from ``sender`` comes at or after that frontier.
+        Once every partition on another worker has sent one in this generation, the
+        smallest of their frontiers bounds what the unread records of ``source`` hold:
+        records before it may be released although ``source`` is behind its end (two
+        workers on a backlog otherwise wait for each other's records at every turn;
+        Kafka Streams has no such bound and waits, or gives up after
+        ``max.task.idle.ms``).
 
-        A record of another generation (its sender's owner may have changed, and a new
-        owner replays from older offsets) or without a frontier voids what was known:
-        the source blocks, as it would without frontiers, until every sender has sent
-        again. Workers flush what they sent before they give partitions up, so records
-        of an older generation come before those of the next one in the topic.
+        A marker of another generation (its sender's owner may have changed, and a new
+        owner replays from older offsets), or from a partition this worker owns, voids
+        what was known: the source blocks, as it would without frontiers, until every
+        sender has sent again. Workers flush what they sent before they give partitions
+        up, so records of an older generation come before those of the next one in the
+        topic.
         """
         if frontier is None or generation != self.generation or sender not in self.remote:
             if source.fronts or source.bound is not None:

@@ -386,9 +386,6 @@ class Processor:
             for record in self.merger.remove_partition(number):
                 if record.topic or record.sender in going or record.sender not in self.parts:
                     continue
-                # Sent out of release order: no frontier promised with it.
-                record.frontier = None
-                record.gen = self.generation
                 self.emit.repartition(number, record.to, encode_envelope(record))
         self._remote()
 
@@ -400,6 +397,7 @@ class Processor:
         self._remote()
 
     def _remote(self) -> None:
+        self._front_sent = None  # the receivers forget what was sent before: send again
         self.merger.set_generation(
             self.generation, [p for p in range(self.n) if p not in self.parts]
         )
@@ -537,7 +535,6 @@ class Processor:
         if record.kind == STATE:
             merger.fulfil(_token(record.merge_id, record.to))
         merger.insert(merger.peer(partition, record.sender, kafka=True), record)
-        merger.front(source, record.sender, record.gen, record.frontier)
         merger.arrived(source, offset, now)
 
     # ------------------------------------------------------------------ release
@@ -826,8 +823,6 @@ class Processor:
         if dest in self.parts:
             self.merger.push(self.merger.peer(dest, part.number), record)
             return
-        record.frontier = self._frontier()
-        record.gen = self.generation
         self.emit.repartition(dest, _routing_key(record), encode_envelope(record))
         if record.kind == REQUEST and expect:
             # Its answer comes back through Kafka: the contact's records past its key wait.
@@ -963,8 +958,8 @@ class Processor:
         self._front_at = now
         frontier = self._frontier()
         remote = self.merger.remote
-        if frontier == self._front_sent or not remote or not self.parts:
-            return 0
+        if frontier == self._front_sent or frontier <= _MIN_KEY or not remote or not self.parts:
+            return 0  # (nothing released yet promises nothing)
         self._front_sent = frontier
         sent = 0
         for number in self.parts:

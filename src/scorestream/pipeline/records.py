@@ -125,10 +125,9 @@ class Record:
         self.stream_ = stream
         #: the partition whose queue holds the record (set when it is queued)
         self.part = -1
-        #: sent through Kafka: the sending worker's frontier when it sent the record (a
-        #: key no later record it sends comes before in the order of the whole stream;
-        #: None: no such promise) and its consumer group generation (see
-        #: ``Merger.front``)
+        #: a frontier marker (CLOCK): the sending worker's frontier (a key no record it
+        #: sends later comes before in the order of the whole stream) and its consumer
+        #: group generation (see ``Merger.front``); None and 0 for other records
         self.frontier = frontier
         self.gen = gen
 
@@ -169,8 +168,6 @@ def encode_envelope(record: Record) -> bytes:
         record.at,
         record.merge_id,
         record.payload,
-        None if record.frontier is None else list(record.frontier),
-        record.gen,
     ]
     return _MAGIC + bytes(msgpack.packb(doc, use_bin_type=True))
 
@@ -184,12 +181,15 @@ def clock_envelope(sender: int, newest: int) -> bytes:
 
 def front_envelope(sender: int, frontier: Key, generation: int) -> bytes:
     """A frontier marker: partition ``sender``'s worker sends nothing more that comes
-    before ``frontier`` (a clock message without a time, which workers from before
-    markers ignore)."""
-    doc = [CLOCK, "", sender, [MIN_TS, 0, sender, 0, 0], b"", "", 0, "", None]
-    doc.append(list(frontier))
-    doc.append(generation)
-    return _MAGIC + bytes(msgpack.packb(doc))
+    before ``frontier``. A clock message without a time, the generation in ``at`` and
+    the frontier in the payload: the envelope keeps its nine fields, so workers from
+    before markers read it (and take no time from it) instead of refusing it."""
+    frontier_bytes = bytes(msgpack.packb(list(frontier)))
+    return _MAGIC + bytes(
+        msgpack.packb(
+            [CLOCK, "", sender, [MIN_TS, 0, sender, 0, 0], b"", "", generation, "", frontier_bytes]
+        )
+    )
 
 
 def decode_envelope(data: bytes) -> Record:
@@ -197,21 +197,19 @@ def decode_envelope(data: bytes) -> Record:
     if data[:2] != _MAGIC:
         raise EnvelopeError("not a repartition envelope (bad magic)")
     try:
-        doc = msgpack.unpackb(data[2:], raw=False)
-        # 9 fields from workers before the frontier (they may still be in the topic)
-        kind, to, sender, key, raw, anon, at, merge_id, payload = doc[:9]
-        frontier: Key | None = None
-        gen = 0
-        if len(doc) == 11:
-            front, gen = doc[9], int(doc[10])
-            if front is not None:
-                if len(front) != 5:
-                    raise EnvelopeError("not a repartition envelope (frontier)")
-                frontier = tuple([int(x) for x in front])
-        elif len(doc) != 9:
-            raise EnvelopeError(f"not a repartition envelope ({len(doc)} fields)")
+        kind, to, sender, key, raw, anon, at, merge_id, payload = msgpack.unpackb(
+            data[2:], raw=False
+        )
         if kind not in (EVENT, REQUEST, STATE, CLOCK) or len(key) != 5:
             raise EnvelopeError(f"not a repartition envelope (kind {kind!r})")
+        frontier: Key | None = None
+        gen = 0
+        if kind == CLOCK and payload is not None:
+            front = msgpack.unpackb(payload)
+            if len(front) != 5:
+                raise EnvelopeError("not a repartition envelope (frontier)")
+            frontier = tuple([int(x) for x in front])
+            gen = int(at)
         return Record(
             int(kind),
             (int(key[0]), int(key[1]), int(key[2]), int(key[3]), int(key[4])),
