@@ -176,7 +176,7 @@ class Source:
         #: records queued since the last batch was marked in ``arrivals``
         self.unmarked = 0
         #: repartition topic: per sending partition on another worker, the frontier
-        #: of the newest record it sent here in this generation, and the smallest of
+        #: of the newest marker it sent here in this generation, and the smallest of
         #: them once every such partition has sent one (see Merger.front)
         self.fronts: dict[int, Key] = {}
         self.bound: Key | None = None
