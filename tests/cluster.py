@@ -107,25 +107,35 @@ class Member:
         """Topic-partitions with records not read yet."""
         return [tp for tp, pos in self.position.items() if pos < self.cluster.highwater(*tp)]
 
-    def step(self, rng: random.Random, most: int = 20) -> bool:
-        """Read a chunk of one topic-partition (or just look again); False when idle."""
+    def _tick(self) -> list[tuple[str, int]]:
+        """The clock moves 1 ms, a new generation reaches the processor: what is unread."""
         self.now += 0.001
         if self.proc.generation != self.cluster.generation:
             self.proc.set_generation(self.cluster.generation)
-        todo = self.pending()
-        if not todo:
-            self.proc.refresh(self.now)
-            self.proc.run(self.now)
-            return False
-        topic, p = rng.choice(todo)
+        return self.pending()
+
+    def _read(self, topic: str, p: int, count: int, run: bool) -> None:
+        """Receive up to ``count`` records of a topic-partition (applying what each
+        releases if ``run``)."""
         log = self.cluster.logs[(topic, p)]
-        for _ in range(rng.randrange(1, most + 1)):
+        for _ in range(count):
             offset = self.position[(topic, p)]
             if offset >= len(log):
                 break
             self.proc.receive(topic, p, offset, log[offset], self.now)
             self.position[(topic, p)] = offset + 1
+            if run:
+                self.proc.run(self.now)
+
+    def step(self, rng: random.Random, most: int = 20) -> bool:
+        """Read a chunk of one topic-partition (or just look again); False when idle."""
+        todo = self._tick()
+        if not todo:
+            self.proc.refresh(self.now)
             self.proc.run(self.now)
+            return False
+        topic, p = rng.choice(todo)
+        self._read(topic, p, rng.randrange(1, most + 1), run=True)
         if rng.random() < 0.3:
             self.proc.refresh(self.now)
             self.proc.run(self.now)
@@ -135,19 +145,10 @@ class Member:
     def fetch(self, rng: random.Random, most: int = 50) -> bool:
         """Read a chunk of every topic-partition with records, in a random order, and
         apply what is released, as a consumer's batch would; False when idle."""
-        self.now += 0.001
-        if self.proc.generation != self.cluster.generation:
-            self.proc.set_generation(self.cluster.generation)
-        todo = self.pending()
+        todo = self._tick()
         rng.shuffle(todo)
         for topic, p in todo:
-            log = self.cluster.logs[(topic, p)]
-            for _ in range(rng.randrange(1, most + 1)):
-                offset = self.position[(topic, p)]
-                if offset >= len(log):
-                    break
-                self.proc.receive(topic, p, offset, log[offset], self.now)
-                self.position[(topic, p)] = offset + 1
+            self._read(topic, p, rng.randrange(1, most + 1), run=False)
         self.proc.refresh(self.now)
         self.proc.run(self.now)
         self.proc.send_fronts(self.now)
