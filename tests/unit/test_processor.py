@@ -1021,6 +1021,18 @@ def _checkpoint(member: Member) -> tuple[dict[int, dict[str, int]], dict[int, Me
     return member.proc.commit_offsets(), stores
 
 
+def _published(
+    count: int, seed: int, rules: Any, late_share: float = 0.0
+) -> tuple[OfflineRun, Cluster]:
+    """Journeys without cookie events after an identify, scored offline and published."""
+    raws = journeys(
+        count, seed=seed, cookie_after_identify=0.0, identify_delay=(1, 5), late_share=late_share
+    )
+    cluster = Cluster()
+    cluster.publish(raws)
+    return offline(raws, rules), cluster
+
+
 # Seeds 46, 67 and 79 failed before the fix (3 of the first 80 seeds).
 @pytest.mark.parametrize("seed", [0, 1, 2, 46, 67, 79])
 def test_a_worker_taking_over_its_peers_partitions_still_agrees_with_offline(seed: int) -> None:
@@ -1029,13 +1041,8 @@ def test_a_worker_taking_over_its_peers_partitions_still_agrees_with_offline(see
     # What was sent through Kafka is read again from the repartition logs while the
     # replay makes the same records in memory: a Kafka copy with a later key once held
     # an in-memory answer back, and the contact's later events were applied before it.
-    raws = journeys(
-        200, seed=seed, cookie_after_identify=0.0, identify_delay=(1, 5), late_share=0.0
-    )
-    run = offline(raws, B2B)
+    run, cluster = _published(200, seed, B2B)
     assert run.at is not None
-    cluster = Cluster()
-    cluster.publish(raws)
     first = Member(cluster, Engine(B2B), [0, 1, 2])
     second = Member(cluster, Engine(B2B), [3, 4, 5])
     rng = random.Random(seed)
@@ -1112,13 +1119,8 @@ def test_a_worker_awaiting_a_hand_over_promises_what_its_parked_records_allow(
 def test_two_workers_on_a_backlog_pass_each_others_inputs_and_still_agree(seed: int) -> None:
     # Each worker's repartition inputs are behind their ends most of the time; below
     # the frontiers the other sends, records are released anyway (Merger.front).
-    raws = journeys(
-        300, seed=seed, cookie_after_identify=0.0, identify_delay=(1, 5), late_share=0.02
-    )
-    run = offline(raws, B2B)
+    run, cluster = _published(300, seed, B2B, late_share=0.02)
     assert run.at is not None
-    cluster = Cluster()
-    cluster.publish(raws)
     members = [Member(cluster, Engine(B2B), [0, 1, 2]), Member(cluster, Engine(B2B), [3, 4, 5])]
     rng = random.Random(seed)
     turn = 0
