@@ -730,7 +730,8 @@ def _awaiting_member(wait: float = 30.0) -> tuple[Member, Cluster, str, str]:
             ev(2, "form_submit", 1, contact_id=contact, props={"form_id": "contact"}),
         ]
     )
-    member = Member(cluster, Engine(PARITY), [3, 4, 5], settings=Settings(identify_wait=wait))
+    settings = Settings(identify_wait=wait, front_interval=0.002)
+    member = Member(cluster, Engine(PARITY), [3, 4, 5], settings=settings)
     proc = member.proc
     p = partition_for(contact, N)
     proc.refresh(1.0)

@@ -130,8 +130,12 @@ class Settings:
     #: offline run advances every contact once at the end instead)
     schedule: bool = True
     #: seconds between frontier markers sent to the partitions other workers own, while
-    #: the frontier moves (:meth:`Processor.send_fronts`); 0: none
-    front_interval: float = 0.05
+    #: the frontier moves (:meth:`Processor.send_fronts`); 0: none, and repartition
+    #: inputs behind their end block as before. Off by default: the frontier is a sound
+    #: bound only while the sender's inputs are all in Kafka (a backlog); a record that
+    #: reaches an input late can send below it, and a live two-worker soak differed in
+    #: 64 crossings against the old code's 15 (0.05 was measured on backlogs)
+    front_interval: float = 0.0
 
 
 class Processor:
