@@ -122,6 +122,14 @@ class Settings:
             "(README, Benchmarks)"
         },
     )
+    merge_frontiers: bool = field(
+        default=False,
+        metadata={
+            "doc": "with several workers, tell the others every 50 ms how far this one's "
+            "release has got, so a repartition input behind its end holds back only "
+            "records at or past that frontier (docs/rules.md, across workers)"
+        },
+    )
     merge_buffer: int = field(
         default=20_000,
         metadata={"doc": "messages buffered per topic-partition before fetching it pauses"},

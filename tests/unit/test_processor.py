@@ -1095,8 +1095,12 @@ def test_a_worker_awaiting_a_hand_over_promises_what_its_parked_records_allow(
     other = next(f"o-{i}" for i in range(1000) if partition_for(f"o-{i}", N) == p)
     form = ev(3, "form_submit", 2, contact_id=other, props={"form_id": "contact"})
     proc.receive("events.form", p, 1, json.dumps(form).encode(), 1.0)
+    # ... and its later profile update: the profile input's next record comes after it,
+    # so the input floor is the form's key, not the identify's (Merger.input_floor).
+    update = ev(4, "profile_update", 3, contact_id=other, props={"attributes": {"x": 1}})
+    proc.receive("contacts.profile", p, 1 + second_identify, json.dumps(update).encode(), 1.0)
     parked = 2 if second_identify else 1
-    assert proc.run(1.0) == 3 + second_identify and proc.parked == parked
+    assert proc.run(1.0) == 4 + second_identify and proc.parked == parked
     rep = cluster.logs[(REPARTITION, partition_for(anon, N))]
     (request,) = [decode_envelope(v) for v in rep if v]
     assert request.kind == REQUEST
@@ -1105,11 +1109,13 @@ def test_a_worker_awaiting_a_hand_over_promises_what_its_parked_records_allow(
     assert len(markers) == 9 and len({m.frontier for m in markers}) == 1
     assert {m.gen for m in markers} == {cluster.generation}
     frontier = markers[0].frontier
-    released = proc.merger.high  # the other contact's form, past everything parked
+    released = proc.merger.high  # the other contact's update, past everything parked
+    floor = proc.merger.input_floor()
+    assert floor is not None and floor[0] == T0 + 120 * US_PER_SECOND < released[0]
     if second_identify:
         assert frontier is not None and frontier[0] == T0 + 90 * US_PER_SECOND < released[0]
     else:
-        assert frontier == released
+        assert frontier == floor  # the form's: what the form input brings comes after it
     assert proc.send_fronts(2.001) == 0  # not before front_interval
     assert proc.send_fronts(3.0) == 0  # nor when it has not moved
     proc.set_generation(cluster.generation + 1)  # a rebalance: receivers forgot it

@@ -552,6 +552,39 @@ class Merger:
                     bound = front
         source.bound = bound
 
+    def input_floor(self) -> Key | None:
+        """A key every record released from an input queue from now on comes after in
+        the order of the whole stream; None if none is known.
+
+        An input queue is FIFO and a record it releases comes after the largest key
+        released from it before (``Queue.top``), so its next record, queued or still in
+        Kafka or not even produced yet, comes at or after that key, or after its head's
+        key if that is larger. A worker whose frontier ignored this (the newest key
+        released, across queues) promised more than it could keep live: an input read
+        to its end got records older than what other inputs had released, and what
+        they caused reached the other workers below the frontier already sent. An input
+        that has released nothing and has nothing in Kafka bounds nothing (an unused
+        topic would otherwise hold every frontier at the start); a record that reaches
+        it later is a late event for this worker too (docs/rules.md).
+        """
+        floor: Key | None = None
+        for source in self.sources.values():
+            queue = source.queue
+            if queue is None:
+                continue
+            bound = queue.top
+            if queue.items:
+                head = queue.items[0].key
+                bound = max(bound, head)
+            elif bound == _CLOSED:
+                high = self.highwater(source.topic, source.partition)
+                if high is not None and high <= source.received:
+                    continue
+                return None  # unread records of unknown keys
+            if floor is None or bound < floor:
+                floor = bound
+        return floor
+
     def _at_barrier(self, key: Key) -> bool:
         expected = self._expected_min
         if expected is None or key <= expected:

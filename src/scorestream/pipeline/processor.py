@@ -846,11 +846,17 @@ class Processor:
         whole stream (what ``Merger.front`` relies on): the record being applied comes
         after ``_cause``, and so does each record released after it; a parked record
         that may send comes after the key it was released after, the smallest of which
-        is taken when it is smaller. (Parked events of a contact id send nothing: the
+        is taken when it is smaller, and so is the input floor (Merger.input_floor):
+        what an input still brings, read to its end or not, comes after what it
+        released last. (Parked events of a contact id send nothing: the
         identify's contact usually has such events parked, and counting them held the
         frontier at the oldest hand-over awaited, one round trip between the workers
         behind, which let almost nothing pass.)"""
         frontier = self._cause
+        floor = self.merger.input_floor()
+        if floor is None:
+            return _MIN_KEY
+        frontier = min(frontier, floor)
         heap = self._sending_keys
         sending = self._sending
         while heap and sending.get(heap[0][1]) != heap[0][0]:
