@@ -478,11 +478,18 @@ def _percentiles(values: list[float]) -> list[float]:
 
 
 def latency(
-    bootstrap: str, prefix: str, rate: float, seconds: float, linger_ms: float = 5.0
+    bootstrap: str,
+    prefix: str,
+    rate: float,
+    seconds: float,
+    linger_ms: float = 5.0,
+    seed: int = 99,
 ) -> dict[str, float]:
     """Steady traffic at ``rate``; every 8th event completes a probe contact's 4th pricing
     visit (15 x 4 = 60 >= mql 50): produce-to-consume time of that crossing, from just
-    before the produce call (so a producer's linger counts)."""
+    before the produce call (so a producer's linger counts). The background traffic's
+    ``seed`` must differ between runs: a run with an earlier run's seed sends its event
+    ids again, and the worker drops them as duplicates."""
     sent: dict[str, float] = {}
     latencies: list[float] = []
     produced: list[float] = []
@@ -529,7 +536,7 @@ def latency(
     # for its occurred_at, which is stamped at send time from a per-second prefix.
     placeholder = "@@occurred_at@@"
     background = []
-    for ev in Traffic(3000, seed=99, start_us=None, rate=rate):
+    for ev in Traffic(3000, seed=seed, start_us=None, rate=rate):
         ev["occurred_at"] = placeholder
         head, tail = json.dumps(ev).encode().split(placeholder.encode())
         key = (ev.get("contact_id") or ev["anonymous_id"]).encode()
@@ -658,15 +665,22 @@ def main() -> None:
     produce_all(args.bootstrap, prefix, events)
     n = len(events)
     newest = [now]
+    made = [0]
 
     def fresh(count: int) -> list[dict[str, Any]]:
         """``count`` events of the same people, newer than everything before and ending
-        about now (10,000 a second of event time), as a backlog after an outage would."""
+        about now (10,000 a second of event time), as a backlog after an outage would.
+
+        A seed of its own per backlog: with one seed for all, every backlog after the
+        first carried the first one's event ids, which the workers dropped as duplicates
+        (cheaply), so rounds after the first measured mostly dedupe (until 2026-11-27).
+        """
         rate = 10_000.0
         span = int(count / rate * US_PER_SECOND)
         start = max(int(time.time() * US_PER_SECOND) - span, newest[0] + 1)
+        made[0] += 1
         out = []
-        for ev in Traffic(5000, seed=len(newest) + 3, start_us=start, rate=rate):
+        for ev in Traffic(5000, seed=3 + made[0], start_us=start, rate=rate):
             out.append(ev)
             if len(out) >= count:
                 break
@@ -750,8 +764,9 @@ def main() -> None:
                 )
             if quix is not None:
                 print(f"scorestream worker / quix-streams peer: {ours / quix:.2f}")
-            for rate in (float(r) for r in args.rates.split(",") if r.strip()):
-                lat = latency(args.bootstrap, prefix, rate, args.seconds, args.linger)
+            rates = [float(r) for r in args.rates.split(",") if r.strip()]
+            for run, rate in enumerate(rates):
+                lat = latency(args.bootstrap, prefix, rate, args.seconds, args.linger, 99 + run)
                 print(
                     f"latency at {lat['achieved_rate']:,.0f} events/s for {args.seconds:.0f} s: "
                     f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
