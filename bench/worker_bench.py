@@ -269,13 +269,25 @@ def status(port: int) -> dict[str, Any]:
 
 
 def input_progress(port: int, prefix: str) -> int:
+    """Input events the worker has applied (offsets released by its merge)."""
+    return _progress(status(port), prefix)
+
+
+def _progress(doc: dict[str, Any], prefix: str) -> int:
     inputs = {prefix + t for t in INPUT_TOPICS}
     return sum(
         offset
-        for info in status(port).get("partitions", {}).values()
+        for info in doc.get("partitions", {}).values()
         for topic, offset in info["applied"].items()
         if topic in inputs
     )
+
+
+def received_progress(port: int, prefix: str) -> tuple[int, int]:
+    """(events applied, events applied or taken in: decoded and waiting in the merge)."""
+    doc = status(port)
+    applied = _progress(doc, prefix)
+    return applied, applied + doc.get("merge", {}).get("buffered", 0)
 
 
 def start_worker(
@@ -312,11 +324,15 @@ def run_worker(
     first = done = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        progress = sum(input_progress(port + i, prefix) for i in range(processes))
+        counts = [received_progress(port + i, prefix) for i in range(processes)]
+        progress = sum(applied for applied, _ in counts)
         now = time.time()
-        # The last time nothing was applied yet: a busy worker answers /status late, so
-        # the first answer showing progress can come long after work began.
-        if progress == 0:
+        # The last time nothing was taken in yet: a busy worker answers /status late, so
+        # the first answer showing progress can come long after work began. Counted from
+        # the first event applied instead (until 2026-11-27), the rate left out the
+        # decoding of what the merge took in before it could release anything: on a
+        # fresh backlog, most of it (the merge waits for a record of every input).
+        if sum(taken for _, taken in counts) == 0:
             first = now
         if progress >= n:
             done = now
