@@ -533,6 +533,8 @@ class Runtime:
                 # SCORESTREAM_MERGE_FRESH_POLL: false gives up exact order for events that
                 # reach Kafka a few ms out of order (docs/rules.md); visible to ops here
                 "fresh_polls": merger.fresh_polls,
+                # SCORESTREAM_MERGE_FRONTIERS: markers sent to other workers (Merger.front)
+                "frontiers": proc.settings.front_interval > 0,
                 "buffered": merger.buffered,
                 "waiting_for": [
                     {

@@ -131,10 +131,8 @@ class Settings:
     schedule: bool = True
     #: seconds between frontier markers sent to the partitions other workers own, while
     #: the frontier moves (:meth:`Processor.send_fronts`); 0: none, and repartition
-    #: inputs behind their end block as before. Off by default: the frontier is a sound
-    #: bound only while the sender's inputs are all in Kafka (a backlog); a record that
-    #: reaches an input late can send below it, and a live two-worker soak differed in
-    #: 64 crossings against the old code's 15 (0.05 was measured on backlogs)
+    #: inputs behind their end block as before. The worker sets 0.05 with
+    #: SCORESTREAM_MERGE_FRONTIERS (off by default: no faster on this machine, README)
     front_interval: float = 0.0
 
 
@@ -843,15 +841,17 @@ class Processor:
 
     def _frontier(self) -> Key:
         """A key every record this worker sends from now on follows in the order of the
-        whole stream (what ``Merger.front`` relies on): the record being applied comes
-        after ``_cause``, and so does each record released after it; a parked record
-        that may send comes after the key it was released after, the smallest of which
-        is taken when it is smaller, and so is the input floor (Merger.input_floor):
-        what an input still brings, read to its end or not, comes after what it
-        released last. (Parked events of a contact id send nothing: the
-        identify's contact usually has such events parked, and counting them held the
-        frontier at the oldest hand-over awaited, one round trip between the workers
-        behind, which let almost nothing pass.)"""
+        whole stream (what ``Merger.front`` relies on), the smallest of: ``_cause``,
+        which the record being applied comes after; the input floor
+        (``Merger.input_floor``), which every record an input queue releases later
+        comes after, whether it is in Kafka yet or not; and the key each parked record
+        that may send was released after. (The newest key released alone, without the
+        floor, was no bound live: an input read to its end got records older than it,
+        and what they sent reached other workers below a frontier already sent. Parked
+        events of a contact id send nothing: the identify's contact usually has such
+        events parked, and counting them held the frontier at the oldest hand-over
+        awaited, one round trip between the workers behind, which let almost nothing
+        pass.)"""
         frontier = self._cause
         floor = self.merger.input_floor()
         if floor is None:
