@@ -122,7 +122,7 @@ def test_a_new_generation_forgets_the_frontiers() -> None:
 
 def test_markers_carry_frontier_and_generation_in_an_envelope_old_workers_read() -> None:
     marker = decode_envelope(front_envelope(2, key(8), 4))
-    assert (marker.kind, marker.sender, marker.frontier, marker.gen) == (CLOCK, 2, key(8), 4)
+    assert (marker.kind, marker.sender, marker.frontier, marker.at) == (CLOCK, 2, key(8), 4)
     # Nine fields, as every envelope before markers: an older worker unpacks it as a
     # clock record, whose time (the key's first field) is below every event's.
     fields = msgpack.unpackb(front_envelope(2, key(8), 4)[2:], raw=False)

@@ -1107,7 +1107,7 @@ def test_a_worker_awaiting_a_hand_over_promises_what_its_parked_records_allow(
     assert proc.send_fronts(2.0) == 3 * 3  # for each partition it owns, to each other one
     markers = _markers(cluster)
     assert len(markers) == 9 and len({m.frontier for m in markers}) == 1
-    assert {m.gen for m in markers} == {cluster.generation}
+    assert {m.at for m in markers} == {cluster.generation}
     frontier = markers[0].frontier
     released = proc.merger.high  # the other contact's update, past everything parked
     floor = proc.merger.input_floor()

@@ -521,7 +521,7 @@ class Processor:
             return
         if record.kind == CLOCK:
             if record.frontier is not None:  # a frontier marker (send_fronts)
-                merger.front(source, record.sender, record.gen, record.frontier)
+                merger.front(source, record.sender, record.at, record.frontier)
                 self._count(REPARTITION, "clock")
                 merger.arrived(source, offset, now)
                 return

@@ -62,7 +62,6 @@ class Record:
         "at",
         "event",
         "frontier",
-        "gen",
         "key",
         "kind",
         "merge_id",
@@ -96,7 +95,6 @@ class Record:
         reason: str = "",
         stream: str = "",
         frontier: Key | None = None,
-        gen: int = 0,
     ) -> None:
         self.kind = kind
         self.key = key
@@ -126,10 +124,9 @@ class Record:
         #: the partition whose queue holds the record (set when it is queued)
         self.part = -1
         #: a frontier marker (CLOCK): the sending worker's frontier (a key no record it
-        #: sends later comes before in the order of the whole stream) and its consumer
-        #: group generation (see ``Merger.front``); None and 0 for other records
+        #: sends later comes before in the order of the whole stream; its consumer group
+        #: generation is in ``at``, see ``Merger.front``); None for other records
         self.frontier = frontier
-        self.gen = gen
 
     @property
     def stream(self) -> str:
@@ -203,13 +200,11 @@ def decode_envelope(data: bytes) -> Record:
         if kind not in (EVENT, REQUEST, STATE, CLOCK) or len(key) != 5:
             raise EnvelopeError(f"not a repartition envelope (kind {kind!r})")
         frontier: Key | None = None
-        gen = 0
         if kind == CLOCK and payload is not None:
             front = msgpack.unpackb(payload)
             if len(front) != 5:
                 raise EnvelopeError("not a repartition envelope (frontier)")
             frontier = tuple([int(x) for x in front])
-            gen = int(at)
         return Record(
             int(kind),
             (int(key[0]), int(key[1]), int(key[2]), int(key[3]), int(key[4])),
@@ -221,7 +216,6 @@ def decode_envelope(data: bytes) -> Record:
             merge_id=str(merge_id),
             payload=None if payload is None else bytes(payload),
             frontier=frontier,
-            gen=gen,
         )
     except EnvelopeError:
         raise
