@@ -331,7 +331,7 @@ def run_worker(
         # the first answer showing progress can come long after work began. Counted from
         # the first event applied instead (until 2026-11-27), the rate left out the
         # decoding of what the merge took in before it could release anything: on a
-        # fresh backlog, most of it (the merge waits for a record of every input).
+        # fresh backlog, much of it (the merge waits for a record of every input).
         if sum(taken for _, taken in counts) == 0:
             first = now
         if progress >= n:
