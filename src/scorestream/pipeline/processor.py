@@ -967,9 +967,11 @@ class Processor:
         if interval <= 0 or now - self._front_at < interval:
             return 0
         self._front_at = now
-        frontier = self._frontier()
         remote = self.merger.remote
-        if frontier == self._front_sent or frontier <= _MIN_KEY or not remote or not self.parts:
+        if not remote or not self.parts:
+            return 0  # (checked first: the frontier walks every input's queue)
+        frontier = self._frontier()
+        if frontier == self._front_sent or frontier <= _MIN_KEY:
             return 0  # (nothing released yet promises nothing)
         self._front_sent = frontier
         sent = 0
