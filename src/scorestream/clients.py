@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from scorestream.settings import Settings
 
 #: librdkafka options whose values are secrets
 SECRET_OPTIONS = frozenset({"sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret"})
+#: pause before asking again after a transient Kafka error (s)
+RETRY_PAUSE = 0.1
+
+T = TypeVar("T")
 
 
 def base(settings: Settings, logger: logging.Logger | None = None) -> dict[str, Any]:
@@ -154,3 +160,65 @@ def redacted(conf: dict[str, Any]) -> dict[str, Any]:
         for key, value in conf.items()
         if key != "logger"
     }
+
+
+def _transient_codes() -> frozenset[int]:
+    from confluent_kafka import KafkaError  # noqa: PLC0415 (slow import, not every command needs it)
+
+    return frozenset(
+        {
+            KafkaError.NOT_LEADER_FOR_PARTITION,
+            KafkaError.LEADER_NOT_AVAILABLE,
+            KafkaError.UNKNOWN_TOPIC_OR_PART,
+            KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+            KafkaError.COORDINATOR_NOT_AVAILABLE,
+            KafkaError.NOT_COORDINATOR,
+            KafkaError._TRANSPORT,  # librdkafka: the connection broke
+        }
+    )
+
+
+def transient(exc: BaseException) -> bool:
+    """True for a ``KafkaException`` that asking again can cure (a partition or the
+    group coordinator changing hands, a broken connection)."""
+    from confluent_kafka import KafkaException  # noqa: PLC0415
+
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    error = exc.args[0]
+    if not hasattr(error, "code"):
+        return False
+    # confluent-kafka marks these calls' errors retriable only sometimes: the codes a
+    # partition changing hands gives are named as well.
+    return bool(error.retriable()) or error.code() in _transient_codes()
+
+
+def retrying(call: Callable[[float], T], timeout: float) -> T:
+    """``call(seconds_left)``, asked again on transient Kafka errors until ``timeout``.
+
+    Why: a topic created moments before can answer "Not leader for partition" although
+    the metadata already names a leader (the broker is still taking it over). A worker,
+    board or rescore started right after ``topics apply`` must not give up on that;
+    other errors, and the last one at the deadline, are raised.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call(max(0.1, deadline - time.monotonic()))
+        except Exception as exc:
+            if not transient(exc) or time.monotonic() + RETRY_PAUSE >= deadline:
+                raise
+            time.sleep(RETRY_PAUSE)
+
+
+def watermarks(
+    consumer: Any, partition: Any, timeout: float, *, cached: bool = False
+) -> tuple[int, int]:
+    """A partition's (low, high) offsets through a confluent-kafka ``consumer``, asked
+    again on transient errors for up to ``timeout`` seconds (see :func:`retrying`)."""
+
+    def ask(left: float) -> tuple[int, int]:
+        low, high = consumer.get_watermark_offsets(partition, timeout=left, cached=cached)
+        return int(low), int(high)
+
+    return retrying(ask, timeout)

@@ -113,10 +113,8 @@ def snapshot(consumer: Consumer, topics: Sequence[str], timeout: float = 15.0) -
     for topic in topics:
         for partition in sorted(meta.topics[topic].partitions):
             # Fresh from the broker: the snapshot is the point the rebuild reaches.
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout, cached=False
-            )
-            spans.append(Span(topic, partition, int(low), int(high)))
+            low, high = clients.watermarks(consumer, TopicPartition(topic, partition), timeout)
+            spans.append(Span(topic, partition, low, high))
     return spans
 
 
@@ -646,10 +644,8 @@ def catch_up(
 
     def ends() -> None:
         for topic, partition in inputs:
-            _, end = probe.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=15, cached=False
-            )
-            high[(topic, partition)] = int(end)
+            _, end = clients.watermarks(probe, TopicPartition(topic, partition), 15)
+            high[(topic, partition)] = end
 
     began = time.perf_counter()
     read = 0
@@ -717,10 +713,8 @@ def write_states(
             failures.append(str(err))
 
     def end(partition: int) -> int:
-        _, high = reader.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=15, cached=False
-        )
-        return int(high)
+        _, high = clients.watermarks(reader, TopicPartition(topic, partition), 15)
+        return high
 
     ranges: dict[int, tuple[int, int]] = {}
     total = sum(part.store.cached for part in processor.parts.values())

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from confluent_kafka import KafkaError, KafkaException
 
 from scorestream.access import session_value
-from scorestream.board.server import COOKIE, BoardService, Feed, Record, build_app, watermarks
+from scorestream.board.server import COOKIE, BoardService, Feed, Record, build_app
 from scorestream.settings import Settings
 
 TOKEN = "board-test-token"
@@ -239,39 +236,3 @@ def test_crossings_reach_open_pages_as_server_sent_events() -> None:
         resp.close()
 
     run(scenario)
-
-
-class FlakyOffsets:
-    """A consumer whose watermark query fails with ``errors`` first, then answers."""
-
-    def __init__(self, errors: list[int]) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    def get_watermark_offsets(self, partition: Any, timeout: float, cached: bool) -> Any:
-        self.calls += 1
-        assert not cached and timeout > 0
-        if self.errors:
-            raise KafkaException(KafkaError(self.errors.pop(0)))
-        return (3, 17)
-
-
-def test_a_partition_changing_hands_is_asked_again_until_it_answers() -> None:
-    consumer = FlakyOffsets([KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE])
-    got = watermarks(consumer, "p", time.monotonic() + 5, KafkaException)
-    assert got == (3, 17)
-    assert consumer.calls == 3
-
-
-def test_other_errors_and_the_deadline_end_the_retries() -> None:
-    denied = FlakyOffsets([KafkaError.TOPIC_AUTHORIZATION_FAILED])
-    with pytest.raises(KafkaException, match="authorization"):
-        watermarks(denied, "p", time.monotonic() + 5, KafkaException)
-    assert denied.calls == 1
-
-    stuck = FlakyOffsets([KafkaError.NOT_LEADER_FOR_PARTITION] * 1000)
-    started = time.monotonic()
-    with pytest.raises(KafkaException, match="Not leader"):
-        watermarks(stuck, "p", started + 0.5, KafkaException)
-    assert 0.3 < time.monotonic() - started < 2
-    assert 3 <= stuck.calls < 10

@@ -318,22 +318,22 @@ class Offsets:
         out: dict[int, dict[str, int]] = {p: {} for p in partitions}
         if not tps:
             return out
-        for tp in self.consumer.committed(tps, timeout=30):
+        # Asked again on transient errors: a worker started right after `topics apply`
+        # can meet partitions whose leader is still being elected, and must not exit.
+        found = clients.retrying(lambda left: self.consumer.committed(tps, timeout=left), 30)
+        for tp in found:
             offset = tp.offset
             if offset == OFFSET_INVALID or offset < 0:
-                low, _ = self.consumer.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=30
+                offset, _ = clients.watermarks(
+                    self.consumer, TopicPartition(tp.topic, tp.partition), 30
                 )
-                offset = low
             out[tp.partition][topo.declared(tp.topic)] = offset
         return out
 
     def end(self, topic: str, partition: int) -> int:
         """The high watermark of a topic-partition (real name), fresh from the broker."""
-        _, high = self.consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=10, cached=False
-        )
-        return int(high)
+        _, high = clients.watermarks(self.consumer, TopicPartition(topic, partition), 10)
+        return high
 
     def changelog(self, partition: int, start: int) -> tuple[Iterator[RawRecord], int]:
         """The changelog records of a partition from ``start`` (or the log start) to its end."""
@@ -345,7 +345,7 @@ class Offsets:
         """Records of a topic-partition (real name) from ``start`` (or the log start) to
         ``end`` (None: its end now); returns them lazily and the offset read up to."""
         reader = Consumer(clients.reader(self.settings, f"{self.settings.app_id}-recovery"))
-        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        low, high = clients.watermarks(reader, TopicPartition(topic, partition), 30)
         if end is not None:
             high = min(high, end)
         first = max(start, low)

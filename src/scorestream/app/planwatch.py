@@ -59,7 +59,7 @@ class PlanWatcher:
             end = self.position
             if to_end:
                 tp = TopicPartition(self.topic, 0)
-                _, end = consumer.get_watermark_offsets(tp, timeout=10)
+                _, end = clients.watermarks(consumer, tp, 10)
             found: list[tuple[Plan, Engine]] = []
             empty = 0
             while True:

@@ -55,8 +55,6 @@ LEADS_TOPIC = "leads.sales_ready"
 #: crossings per partition read at start, so the live list is not empty after a restart
 LEADS_BACKLOG = 500
 METADATA_TIMEOUT = 15.0
-#: pause before asking again after a retriable Kafka error while opening (s)
-RETRY_PAUSE = 0.1
 #: seconds between two readings of the compacted topic for a top list that ran short
 REBUILD_PAUSE = 60.0
 #: how often open pages are told that a top list changed (at most)
@@ -85,43 +83,6 @@ Record = tuple[str, int, int, dict[str, Any]]
 
 class BoardError(ScorestreamError):
     """The board cannot read its topics; the message says why."""
-
-
-def _transient_codes() -> frozenset[int]:
-    from confluent_kafka import KafkaError  # noqa: PLC0415 (slow import)
-
-    return frozenset(
-        {
-            KafkaError.NOT_LEADER_FOR_PARTITION,
-            KafkaError.LEADER_NOT_AVAILABLE,
-            KafkaError.UNKNOWN_TOPIC_OR_PART,
-            KafkaError._TRANSPORT,  # librdkafka: the connection broke
-        }
-    )
-
-
-def watermarks(
-    consumer: Any, partition: Any, deadline: float, kafka_exception: type[Exception]
-) -> tuple[int, int]:
-    """The partition's (low, high) offsets, asked again on retriable errors until ``deadline``.
-
-    Why: a topic created moments before can answer "Not leader for partition" although
-    the metadata already names a leader (the broker is still taking it over); that is
-    retriable, and a board started right after ``topics apply`` must not give up on it.
-    """
-    while True:
-        left = max(0.1, deadline - time.monotonic())
-        try:
-            low, high = consumer.get_watermark_offsets(partition, timeout=left, cached=False)
-            return int(low), int(high)
-        except kafka_exception as exc:
-            error = exc.args[0]
-            # confluent-kafka marks this call's errors retriable only sometimes: the
-            # codes a partition changing hands gives are named as well.
-            transient = error.retriable() or error.code() in _transient_codes()
-            if not transient or time.monotonic() + RETRY_PAUSE >= deadline:
-                raise
-            time.sleep(RETRY_PAUSE)
 
 
 class Feed:
@@ -161,8 +122,10 @@ class Feed:
                             f"topic {topic} does not exist (run `scorestream topics apply`)"
                         )
                     for p in sorted(info.partitions):
-                        low, high = watermarks(
-                            consumer, TopicPartition(topic, p), deadline, KafkaException
+                        # A topic created moments before may not answer yet: asked
+                        # again on transient errors until the opening's deadline.
+                        low, high = clients.watermarks(
+                            consumer, TopicPartition(topic, p), deadline - time.monotonic()
                         )
                         if topic == self.scores_topic:
                             start = low
@@ -252,8 +215,8 @@ class Feed:
         consumer = self._consumer
         ends: dict[int, int] = {}
         for p in self.start_ends.keys() | self._scores_partitions():
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(self.scores_topic, p), timeout=METADATA_TIMEOUT, cached=False
+            low, high = clients.watermarks(
+                consumer, TopicPartition(self.scores_topic, p), METADATA_TIMEOUT
             )
             ends[p] = high if high > low else 0
             consumer.seek(TopicPartition(self.scores_topic, p, low))
