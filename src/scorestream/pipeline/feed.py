@@ -50,7 +50,9 @@ def feed(
     for raw in lines:
         number += 1
         line = raw.rstrip(b"\r\n")
-        if not line.strip():
+        # ``isspace`` tests the same ASCII whitespace ``strip`` removes, without copying
+        # the line.
+        if not line or line.isspace():
             continue
         event = fast.decode(line, max_bytes)
         if event is None:

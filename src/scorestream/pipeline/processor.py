@@ -61,7 +61,7 @@ from scorestream.pipeline.records import (
     stream_id,
 )
 from scorestream.pipeline.routing import INPUT_TOPICS, REPARTITION, partition_for
-from scorestream.pipeline.store import StateStore, encode_value
+from scorestream.pipeline.store import ScratchStore, StateStore, encode_value
 
 #: the mark a rescore's rebuilt state carries: the generation (rescore id) it comes from
 GENERATION_MARK = "gen"
@@ -96,6 +96,10 @@ class Partition:
     scheduled: dict[str, int] = field(default_factory=dict)
     #: newest event time applied here
     newest: int | None = None
+    #: a :class:`ScratchStore`'s own dict of states (offline runs), read and written
+    #: directly on the per-event path: a call into the interpreted store per event cost
+    #: more than the dict operation it wraps. None for every other store.
+    scratch: dict[str, ContactState] | None = None
 
 
 @dataclass(slots=True)
@@ -353,6 +357,8 @@ class Processor:
     def assign(self, number: int, store: StateStore, committed: dict[str, int]) -> Partition:
         """Own a partition from its committed offsets (unprefixed topic -> next offset)."""
         part = Partition(number, store)
+        if isinstance(store, ScratchStore):
+            part.scratch = store.held()
         for topic in INPUT_TOPICS:
             part.released[topic] = committed.get(topic, 0)
         for key, due in store.dues():
@@ -687,8 +693,8 @@ class Processor:
             # A producer with another partitioner (or no key): send it where it lives.
             self._send(part, home, _forward(record, key, part.number), now)
             return "forwarded"
-        store = part.store
-        state = store.get(key)
+        scratch = part.scratch
+        state = scratch.get(key) if scratch is not None else part.store.get(key)
         if state is not None:
             stream = record.stream
             if record.position <= state.marks.get(stream, -1):
@@ -992,7 +998,11 @@ class Processor:
     # ------------------------------------------------------------------ state
 
     def _changed(self, part: Partition, state: ContactState, crossings: Iterable[Crossing]) -> None:
-        part.store.put(state)
+        scratch = part.scratch
+        if scratch is not None:
+            scratch[state.key] = state  # what ScratchStore.put does
+        else:
+            part.store.put(state)
         emit = self.emit.crossing
         for crossing in crossings:
             emit(crossing)

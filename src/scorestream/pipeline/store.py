@@ -360,6 +360,11 @@ class ScratchStore(MemoryStore):
         """Keep the state (there is no checkpoint to mark it for)."""
         self._states[state.key] = state
 
+    def held(self) -> dict[str, ContactState]:
+        """The dict of states itself (key -> state), which the processor reads and writes
+        directly: :meth:`get` and :meth:`put` are exactly its ``get`` and item set."""
+        return self._states
+
     def take_dirty(self) -> list[ContactState]:
         """Nothing is ever dirty here."""
         return []
