@@ -73,6 +73,8 @@ class OfflineRun:
     crossings: list[Crossing] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: events that hit an internal error (a bug), also in ``rejects`` with their lines
+    internal: int = 0
     duplicates: int = 0
     after_at: int = 0
 
@@ -145,7 +147,7 @@ def score_lines(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        _score_into(run, lines, at, max_bytes, partitions)
+        _score_into(run, collect, lines, at, max_bytes, partitions)
     finally:
         if was_enabled:
             gc.enable()
@@ -161,7 +163,12 @@ def _caught_up(topic: str, partition: int) -> int:
 
 
 def _score_into(
-    run: OfflineRun, lines: Iterator[bytes], at: int | None, max_bytes: int, partitions: int
+    run: OfflineRun,
+    collect: _Collect,
+    lines: Iterator[bytes],
+    at: int | None,
+    max_bytes: int,
+    partitions: int,
 ) -> None:
     processor = run.processor
     fed = feed(processor, lines, FAST_DECODER, at, max_bytes, partitions)
@@ -171,6 +178,15 @@ def _score_into(
     # Everything is in: the merge releases it in the order a worker would.
     processor.refresh(0.0)
     processor.run(0.0)
+    # An event the worker would have put in the DLQ with an internal error (a bug) is
+    # reported like an invalid line: its line number (0 when the record was work passed
+    # between partitions, which has no line of its own), the reason, the event.
+    for error in collect.errors:
+        line = fed.line_of(error["topic"], error["partition"], error["offset"])
+        run.rejects.append(Reject(line or 0, error["error"], error.get("payload", "")))
+        run.internal += 1
+    if run.internal:
+        run.rejects.sort(key=lambda r: r.line)
     run.duplicates = sum(
         n for (_, outcome), n in processor.counts.items() if outcome == "duplicate"
     )
@@ -292,6 +308,14 @@ def score_command(args: argparse.Namespace) -> int:
     out.flush()
     if run.after_at:
         print(f"scorestream: {run.after_at} events after --at were not scored", file=sys.stderr)
+    if run.internal:
+        # Not bad input: a fault of ours, which the worker would have put in the DLQ.
+        print(
+            f"scorestream: {run.internal} events hit an internal error and were not scored "
+            "(a bug; their lines and reasons are with the rejects)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 

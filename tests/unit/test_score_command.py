@@ -368,6 +368,36 @@ def test_without_rejects_file_the_reasons_go_to_stderr(
     assert len(lines_of(captured.out)) == 1
 
 
+def test_an_internal_error_is_reported_with_its_line_and_the_run_goes_on(
+    plan: Path, mixed: Path, tmp_path: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault of ours while applying line 3 (c-a crossing `mql`): the worker would put the
+    # event in the DLQ with the reason; `score` reports it like a reject and exits 1.
+    from scorestream import offline  # noqa: PLC0415
+
+    kept = offline._Collect.crossing
+
+    def crossing(self: Any, crossing: Any) -> None:
+        if crossing.threshold == "mql":
+            raise RuntimeError("boom")
+        kept(self, crossing)
+
+    monkeypatch.setattr(offline._Collect, "crossing", crossing)
+    rejects = tmp_path / "rejects.jsonl"
+    assert cli.main(["score", "--rules", str(plan), "--rejects", str(rejects), str(mixed)]) == 1
+    captured = capsys.readouterr()
+    rows = lines_of(rejects.read_text(encoding="utf-8"))
+    assert [row["line"] for row in rows] == [2, 3, 5, 6]
+    internal = rows[1]
+    assert internal["reason"] == "internal error: RuntimeError('boom')"
+    event = json.loads(internal["input"])
+    assert event == json.loads(EVENTS[3])  # the event as applied, encoded again
+    assert "1 events hit an internal error" in captured.err
+    # The other events were scored: c-a went on to 45 and `sales_ready`.
+    assert lines_of(captured.out)[0]["scores"]["engagement"] == 45.0
+    assert lines_of(captured.out)[0]["tiers"]["engagement"] == "sales_ready"
+
+
 def test_a_file_of_only_bad_lines_still_exits_0(plan: Path, tmp_path: Path, capsys: Capsys) -> None:
     events = write(tmp_path, "events.jsonl", "\n".join(BAD_LINES) + "\n")
     assert cli.main(["score", "--rules", str(plan), str(events)]) == 0

@@ -9,6 +9,7 @@ interpreted it cost about as much as the merge.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 
 from scorestream.engine.events import InvalidEvent, decode_event
@@ -27,6 +28,15 @@ class Fed:
         self.after_at = 0
         #: the newest event time queued
         self.latest: int | None = None
+        #: (topic, partition) -> the line number of each offset queued there
+        self.lines: dict[tuple[str, int], array[int]] = {}
+
+    def line_of(self, topic: str, partition: int, offset: int | None) -> int | None:
+        """The line an event queued at ``topic``, ``partition`` and ``offset`` came from."""
+        numbers = self.lines.get((topic, partition))
+        if numbers is None or offset is None or not 0 <= offset < len(numbers):
+            return None
+        return numbers[offset]
 
 
 def feed(
@@ -45,7 +55,7 @@ def feed(
     one interpreted call fewer for a valid line.
     """
     fed = Fed()
-    offsets: dict[tuple[str, int], int] = {}
+    numbers_of = fed.lines
     number = 0
     for raw in lines:
         number += 1
@@ -68,9 +78,15 @@ def feed(
         topic = topic_for(event.type)
         partition = partition_for(event.key, partitions)
         where = (topic, partition)
-        offset = offsets.get(where, 0)
-        offsets[where] = offset + 1
-        processor.receive_event(topic, partition, offset, event, line, 0.0)
+        numbers = numbers_of.get(where)
+        if numbers is None:
+            numbers = numbers_of[where] = array("q")
+        offset = len(numbers)
+        numbers.append(number)
+        # The line itself is not kept with the event: holding every line of the file
+        # until the merge releases it cost 6 % of `score`'s time (44 MB of 342 on 200,000
+        # events). An internal error reports the event as JSON and this line number.
+        processor.receive_event(topic, partition, offset, event, b"", 0.0)
         if fed.latest is None or ts > fed.latest:
             fed.latest = ts
     return fed

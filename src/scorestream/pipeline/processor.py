@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from scorestream.engine.events import AnyEvent, Identify, InvalidEvent, decode_event
+from scorestream.engine.events import AnyEvent, Identify, InvalidEvent, decode_event, event_to_dict
 from scorestream.engine.scorer import Crossing, Engine
 from scorestream.engine.state import ContactState
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts
@@ -676,7 +676,7 @@ class Processor:
                 record.topic or REPARTITION,
                 part.number,
                 record.offset,
-                record.raw or encode_envelope(record),
+                record.raw or _error_payload(record),
                 f"internal error: {exc!r}",
             )
             outcome = "error"
@@ -1167,6 +1167,14 @@ def _token(merge_id: str, contact: str) -> str:
 
 def _routing_key(record: Record) -> str:
     return record.anon if record.kind == REQUEST else record.to
+
+
+def _error_payload(record: Record) -> bytes:
+    """What the DLQ keeps of a record that hit an internal error and has no bytes of its
+    own (offline runs do not keep input lines): the event as JSON, else its envelope."""
+    if record.kind == EVENT and record.event is not None:
+        return json.dumps(event_to_dict(record.event), ensure_ascii=False).encode()
+    return encode_envelope(record)
 
 
 def _forward(record: Record, to: str, sender: int) -> Record:
