@@ -85,6 +85,7 @@ from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from scorestream.offline import (
     OfflineRun,
     Reject,
+    internal_failures,
     load_rules_or_usage,
     open_events,
     partitions_option,
@@ -1118,8 +1119,10 @@ def calibrate_command(args: argparse.Namespace) -> int:
         run = score_lines(engine, events, None, settings.max_message_bytes, partitions)
     for r in rejects:
         print(f"outcomes line {r.line}: {r.reason}", file=sys.stderr)
-    if run.rejects:
-        print(f"scorestream: {len(run.rejects)} invalid event lines skipped", file=sys.stderr)
+    if len(run.rejects) > run.internal:
+        invalid = len(run.rejects) - run.internal
+        print(f"scorestream: {invalid} invalid event lines skipped", file=sys.stderr)
+    failed = internal_failures(run)
     last = max((o.at for o in outcomes), default=None)
     if last is not None and run.at is not None and last > run.at:
         # Timers due between the last event and an outcome fire before that outcome.
@@ -1155,7 +1158,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         print(json.dumps(to_json(report), indent=2, ensure_ascii=False))
     else:
         print(render_text(report))
-    return EXIT_OK
+    return failed
 
 
 def _write_plan(report: Report, path: str) -> int:

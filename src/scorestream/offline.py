@@ -35,6 +35,8 @@ from scorestream.settings import Settings
 
 #: partitions of the input topics when no declaration says otherwise
 DEFAULT_PARTITIONS = 6
+#: how the processor's reason for a record that hit an internal error begins
+INTERNAL_ERROR = "internal error: "
 
 
 @dataclass(slots=True)
@@ -308,15 +310,26 @@ def score_command(args: argparse.Namespace) -> int:
     out.flush()
     if run.after_at:
         print(f"scorestream: {run.after_at} events after --at were not scored", file=sys.stderr)
-    if run.internal:
-        # Not bad input: a fault of ours, which the worker would have put in the DLQ.
-        print(
-            f"scorestream: {run.internal} events hit an internal error and were not scored "
-            "(a bug; their lines and reasons are with the rejects)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    return EXIT_OK
+    return internal_failures(run, listed=True)
+
+
+def internal_failures(run: OfflineRun, listed: bool = False) -> int:
+    """Say on stderr how many events hit an internal error (a fault of ours, which the
+    worker would have put in the DLQ), each with its line unless ``listed`` elsewhere;
+    the exit code: 1 if any did, else 0."""
+    if not run.internal:
+        return EXIT_OK
+    where = "their lines and reasons are with the rejects" if listed else "listed below"
+    print(
+        f"scorestream: {run.internal} events hit an internal error and were not scored "
+        f"(a bug; {where})",
+        file=sys.stderr,
+    )
+    if not listed:
+        for r in run.rejects:
+            if r.reason.startswith(INTERNAL_ERROR):
+                print(f"line {r.line}: {r.reason}", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def explain_command(args: argparse.Namespace) -> int:
@@ -341,7 +354,7 @@ def explain_command(args: argparse.Namespace) -> int:
     doc = run.engine.explain(state, run.at)
     doc["crossings"] = [c.to_dict() for c in run.crossings if c.contact_id == state.key]
     print(json.dumps(doc, indent=2, ensure_ascii=False))
-    return EXIT_OK
+    return internal_failures(run)
 
 
 def partitions_option(args: argparse.Namespace, settings: Settings) -> int:

@@ -36,6 +36,7 @@ from scorestream.engine.timeutil import format_ts
 from scorestream.errors import EXIT_OK, UsageError
 from scorestream.offline import (
     OfflineRun,
+    internal_failures,
     load_plans_or_usage,
     parse_at,
     partitions_option,
@@ -517,10 +518,12 @@ def diff_command(args: argparse.Namespace) -> int:
     if top < 0 or examples < 0:
         raise UsageError("--top and --examples must be >= 0")
     results: list[PlanResult] = []
+    status = EXIT_OK
     with ExitStack() as stack:
         lines = rereadable_events(args.events, stack)
         for rules in (old_rules, new_rules):
             run = score_lines(Engine(rules), lines(), at, settings.max_message_bytes, partitions)
+            status = max(status, internal_failures(run))
             # Only the summary is kept: the second run need not share memory with the first.
             results.append(summarize(run, rules))
             del run
@@ -530,4 +533,4 @@ def diff_command(args: argparse.Namespace) -> int:
     else:
         print(render_text(diff, args.events))
     sys.stdout.flush()
-    return EXIT_OK
+    return status

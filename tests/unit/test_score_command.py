@@ -368,11 +368,8 @@ def test_without_rejects_file_the_reasons_go_to_stderr(
     assert len(lines_of(captured.out)) == 1
 
 
-def test_an_internal_error_is_reported_with_its_line_and_the_run_goes_on(
-    plan: Path, mixed: Path, tmp_path: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A fault of ours while applying line 3 (c-a crossing `mql`): the worker would put the
-    # event in the DLQ with the reason; `score` reports it like a reject and exits 1.
+def _fail_on_mql(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the offline emitter fail on every `mql` crossing (an internal error)."""
     from scorestream import offline  # noqa: PLC0415
 
     kept = offline._Collect.crossing
@@ -383,6 +380,14 @@ def test_an_internal_error_is_reported_with_its_line_and_the_run_goes_on(
         kept(self, crossing)
 
     monkeypatch.setattr(offline._Collect, "crossing", crossing)
+
+
+def test_an_internal_error_is_reported_with_its_line_and_the_run_goes_on(
+    plan: Path, mixed: Path, tmp_path: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault of ours while applying line 3 (c-a crossing `mql`): the worker would put the
+    # event in the DLQ with the reason; `score` reports it like a reject and exits 1.
+    _fail_on_mql(monkeypatch)
     rejects = tmp_path / "rejects.jsonl"
     assert cli.main(["score", "--rules", str(plan), "--rejects", str(rejects), str(mixed)]) == 1
     captured = capsys.readouterr()
@@ -396,6 +401,21 @@ def test_an_internal_error_is_reported_with_its_line_and_the_run_goes_on(
     # The other events were scored: c-a went on to 45 and `sales_ready`.
     assert lines_of(captured.out)[0]["scores"]["engagement"] == 45.0
     assert lines_of(captured.out)[0]["tiers"]["engagement"] == "sales_ready"
+
+
+def test_explain_and_rules_diff_say_so_and_exit_1_on_an_internal_error(
+    plan: Path, mixed: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fail_on_mql(monkeypatch)
+    assert cli.main(["explain", "--rules", str(plan), "--contact", "c-a", str(mixed)]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["contact_id"] == "c-a"  # the explanation still comes
+    assert "1 events hit an internal error" in captured.err
+    assert "line 3: internal error: RuntimeError('boom')" in captured.err
+    assert "line 2:" not in captured.err  # invalid input is not an internal error
+
+    assert cli.main(["rules", "diff", str(plan), str(plan), str(mixed)]) == 1
+    assert capsys.readouterr().err.count("line 3: internal error") == 2  # once per plan
 
 
 def test_a_file_of_only_bad_lines_still_exits_0(plan: Path, tmp_path: Path, capsys: Capsys) -> None:
