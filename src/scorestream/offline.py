@@ -27,7 +27,7 @@ from scorestream.engine.state import ContactState
 from scorestream.engine.timeutil import TimeFormatError, parse_ts
 from scorestream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from scorestream.pipeline.feed import feed
-from scorestream.pipeline.processor import Processor
+from scorestream.pipeline.processor import INTERNAL_ERROR, Processor
 from scorestream.pipeline.processor import Settings as ProcessorSettings
 from scorestream.pipeline.routing import INPUT_TOPICS
 from scorestream.pipeline.store import ScratchStore
@@ -35,8 +35,6 @@ from scorestream.settings import Settings
 
 #: partitions of the input topics when no declaration says otherwise
 DEFAULT_PARTITIONS = 6
-#: how the processor's reason for a record that hit an internal error begins
-INTERNAL_ERROR = "internal error: "
 
 
 @dataclass(slots=True)

@@ -67,6 +67,8 @@ from scorestream.pipeline.store import ScratchStore, StateStore, encode_value
 GENERATION_MARK = "gen"
 #: Leave room under the DLQ topic's max.message.bytes (4 MiB) for the JSON around a payload.
 DLQ_PAYLOAD_LIMIT = 2_900_000
+#: how the DLQ reason of a record that hit a fault of ours begins
+INTERNAL_ERROR = "internal error: "
 _RANK = {topic: rank for rank, topic in enumerate(INPUT_TOPICS)}
 
 
@@ -677,7 +679,7 @@ class Processor:
                 part.number,
                 record.offset,
                 record.raw or _error_payload(record),
-                f"internal error: {exc!r}",
+                INTERNAL_ERROR + repr(exc),
             )
             outcome = "error"
         self._count(record.topic or REPARTITION, outcome)
