@@ -319,8 +319,8 @@ def internal_failures(run: OfflineRun, listed: bool = False) -> int:
         return EXIT_OK
     where = "their lines and reasons are with the rejects" if listed else "listed below"
     print(
-        f"scorestream: {run.internal} events hit an internal error and were not scored "
-        f"(a bug; {where})",
+        f"scorestream: {run.internal} events hit an internal error, so the results may "
+        f"lack their effects (a bug; {where})",
         file=sys.stderr,
     )
     if not listed:
