@@ -486,7 +486,13 @@ class Processor:
     def receive_event(
         self, topic: str, partition: int, offset: int, event: AnyEvent, raw: bytes, now: float
     ) -> None:
-        """Queue an already decoded event (offline: the file was validated while routing)."""
+        """Queue an already decoded event (offline: the file was validated while routing).
+
+        Unlike :meth:`receive`, nothing checks that ``offset`` follows the last one of
+        its topic-partition: the caller must give each topic-partition's events in
+        offset order, each once (the offline feed and ``rescore`` read them that way). An
+        empty ``raw`` is allowed; an internal error then reports the event as JSON.
+        """
         self._queue_event(
             self.merger.sources[(self.real(topic), partition)], offset, event, raw, now
         )
