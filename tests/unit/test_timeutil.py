@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from scorestream.engine import timeutil
 from scorestream.engine.timeutil import (
     TimeFormatError,
     format_duration,
@@ -206,3 +209,18 @@ def test_to_us_and_from_us_are_inverse_and_offset_aware() -> None:
     back = from_us(us)
     assert back == moment
     assert back.tzinfo == UTC
+
+
+@given(st.integers(min_value=-(2**40), max_value=2**40))
+def test_seconds_to_microseconds_is_the_plain_product(seconds: int) -> None:
+    # Split at bit 16 so compiled code multiplies in machine words; exact either side
+    # of the epoch and far past 2**30 seconds.
+    assert timeutil._seconds_to_us(seconds) == seconds * S
+
+
+@pytest.mark.parametrize(
+    "text", ["0001-01-01T00:00:00Z", "1969-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.5Z"]
+)
+def test_to_us_at_the_edges_of_the_calendar(text: str) -> None:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    assert to_us(moment) == (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)

@@ -61,7 +61,7 @@ def to_us(moment: datetime) -> int:
     delta = moment - _EPOCH
     # The same integer as ``delta // timedelta(microseconds=1)``, without the division
     # of two timedeltas (a third of the decoding of an event's time).
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return _seconds_to_us(delta.days * 86_400 + delta.seconds) + delta.microseconds
 
 
 def from_us(us: int) -> datetime:
@@ -155,7 +155,18 @@ def parse_utc(text: str) -> tuple[datetime, int] | None:
         + moment.minute * 60
         + moment.second
     )
-    return moment, seconds * US_PER_SECOND + moment.microsecond
+    return moment, _seconds_to_us(seconds) + moment.microsecond
+
+
+def _seconds_to_us(seconds: int) -> int:
+    """``seconds * 1_000_000``, without a product whose factors reach 2**30.
+
+    Compiled code multiplies in machine words only when both factors are below 2**30,
+    and seconds since 1970 are above it: that one product went through Python's big
+    integers on every event. Split at bit 16 (exact for negative ``seconds`` too: ``>>``
+    floors and ``&`` keeps the non-negative remainder).
+    """
+    return ((seconds >> 16) * US_PER_SECOND << 16) + (seconds & 0xFFFF) * US_PER_SECOND
 
 
 def parse_ts(text: str) -> int:
