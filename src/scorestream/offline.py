@@ -72,11 +72,16 @@ class OfflineRun:
     at: int | None
     crossings: list[Crossing] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    #: the DLQ records of events that hit an internal error (a bug); each is also in
+    #: ``rejects`` with its line
     errors: list[dict[str, Any]] = field(default_factory=list)
-    #: events that hit an internal error (a bug), also in ``rejects`` with their lines
-    internal: int = 0
     duplicates: int = 0
     after_at: int = 0
+
+    @property
+    def internal(self) -> int:
+        """How many events hit an internal error."""
+        return len(self.errors)
 
     @property
     def engine(self) -> Engine:
@@ -184,8 +189,7 @@ def _score_into(
     for error in collect.errors:
         line = fed.line_of(error["topic"], error["partition"], error["offset"])
         run.rejects.append(Reject(line or 0, error["error"], error.get("payload", "")))
-        run.internal += 1
-    if run.internal:
+    if collect.errors:
         run.rejects.sort(key=lambda r: r.line)
     run.duplicates = sum(
         n for (_, outcome), n in processor.counts.items() if outcome == "duplicate"
