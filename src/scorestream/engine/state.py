@@ -218,11 +218,19 @@ class ContactState:
 
     def to_bytes(self) -> bytes:
         """Lossless, compact bytes (see the module docstring for the layout)."""
+        return self._encode(self.alias, self.handed)
+
+    def handed_bytes(self) -> bytes:
+        """The bytes of this state as an identity hand-over sent it: :meth:`to_bytes`
+        without the alias and the hand-over mark, which were set after it was sent."""
+        return self._encode(None, None)
+
+    def _encode(self, alias: str | None, handed: str | None) -> bytes:
         doc = [
             self.key,
             self.anonymous,
             self.clock,
-            self.alias,
+            alias,
             self.attrs,
             {name: ms.dump() for name, ms in self.models.items()},
             self.ledger,
@@ -230,7 +238,7 @@ class ContactState:
             self.limits,
             self.rules_version,
             self.marks,
-            self.handed,
+            handed,
         ]
         try:
             magic, body = MAGIC, bytes(msgpack.packb(doc))

@@ -777,7 +777,12 @@ class Processor:
         engine = self.engine
         store = part.store
         state = store.get(anon)
-        payload: bytes | None = None
+        # The state itself goes with the answer, not its bytes: it stays as handed over
+        # here (an alias is never advanced, scored or merged into), and the merge only
+        # reads it (``Engine.merge`` copies what it keeps). Encoding and decoding it for
+        # the answer cost about 5 % of `scorestream score`; it is encoded only if the
+        # answer goes to another worker (``encode_envelope``).
+        given: ContactState | None = None
         if state is None:
             state = engine.new_state(anon, anonymous=True)
             state.alias = contact
@@ -786,12 +791,12 @@ class Processor:
             # Timers and expiry due before the identify happen first, as they would have
             # if time had passed for this visitor (the worker's sweep may already have).
             crossings = engine.advance(state, request.at - 1) if state.clock is not None else []
-            payload = state.to_bytes()
+            given = state
             state.alias = contact
             state.handed = request.merge_id
             self._changed(part, state, crossings)
         elif state.handed == request.merge_id:
-            payload = _as_handed(state)
+            given = state  # a repeated request: the same state, the same bytes
         elif state.alias != contact:
             state.alias = contact  # identified again: later events go to the new contact
             self._changed(part, state, ())
@@ -803,7 +808,7 @@ class Processor:
             anon=anon,
             at=request.at,
             merge_id=request.merge_id,
-            payload=payload,
+            state=given,
             anchor=request.anchor,
         )
         self._send(part, partition_for(contact, self.n), answer, now)
@@ -820,14 +825,19 @@ class Processor:
             moved = _forward(record, target, part.number)
             self._send(part, partition_for(target, self.n), moved, now)
             return
-        if record.payload is None:
+        given = record.state
+        if given is None and record.payload is None:
             if contact is not None:
                 contact.marks[stream] = record.position
                 part.store.put(contact)
             return
         if contact is None:
             contact = self.engine.new_state(record.to)
-        other = ContactState.from_bytes(record.payload)
+        if given is not None:
+            other = given
+        else:
+            assert record.payload is not None
+            other = ContactState.from_bytes(record.payload)
         crossings = self.engine.merge(contact, other, record.at, record.merge_id)
         contact.marks[stream] = record.position
         self._changed(part, contact, crossings)
@@ -1199,15 +1209,8 @@ def _forward(record: Record, to: str, sender: int) -> Record:
         at=record.at,
         merge_id=record.merge_id,
         payload=record.payload,
+        state=record.state,
     )
-
-
-def _as_handed(state: ContactState) -> bytes:
-    """The bytes a hand-over sent: the state without the alias and hand-over marks."""
-    copy = ContactState.from_bytes(state.to_bytes())
-    copy.alias = None
-    copy.handed = None
-    return copy.to_bytes()
 
 
 def _past_cut(marks: dict[str, int], cuts: dict[int, dict[str, int]]) -> bool:

@@ -23,6 +23,7 @@ from typing import Any, Final
 import msgpack
 
 from scorestream.engine.events import AnyEvent
+from scorestream.engine.state import ContactState
 
 #: merge key of records that carry no event time (invalid input): they go first
 MIN_TS: Final = -(1 << 62)
@@ -71,6 +72,7 @@ class Record:
         "raw",
         "reason",
         "sender",
+        "state",
         "stream_",
         "to",
         "topic",
@@ -92,6 +94,7 @@ class Record:
         at: int = 0,
         merge_id: str = "",
         payload: bytes | None = None,
+        state: ContactState | None = None,
         reason: str = "",
         stream: str = "",
         frontier: Key | None = None,
@@ -115,8 +118,12 @@ class Record:
         self.anon = anon
         self.at = at
         self.merge_id = merge_id
-        #: STATE: the anonymous state's bytes (None: nothing to merge)
+        #: STATE: the anonymous state's bytes (None, and no ``state``: nothing to merge)
         self.payload = payload
+        #: STATE passed in memory: the handed-over state itself, which its partition keeps
+        #: unchanged (see ``Processor._hand_over``); encoded only if the record leaves
+        #: the worker (:func:`encode_envelope`)
+        self.state = state
         self.reason = reason
         #: the stream, when the creator knows it (input events: their source's); else it
         #: is derived on each use, since a record's sender may change until it is sent
@@ -164,7 +171,7 @@ def encode_envelope(record: Record) -> bytes:
         record.anon,
         record.at,
         record.merge_id,
-        record.payload,
+        record.payload if record.state is None else record.state.handed_bytes(),
     ]
     return _MAGIC + bytes(msgpack.packb(doc, use_bin_type=True))
 
