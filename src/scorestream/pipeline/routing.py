@@ -7,7 +7,12 @@ contract says puts every event of a contact where its state is.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Final
+
 from scorestream.engine.events import KNOWN_TYPES
+
+if TYPE_CHECKING:  # mypyc's native 64-bit integer; only annotations name it
+    from mypy_extensions import i64
 
 #: Input topics in their tie order: events of equal ``occurred_at`` on different topics
 #: are applied in this order (who a contact is before what it does at the same instant).
@@ -36,6 +41,10 @@ _TOPIC_OF_KIND = {
 }
 
 
+#: murmur2's multiplier
+_M: Final = 0x5BD1E995
+
+
 def topic_for(event_type: str) -> str:
     """The input topic of an event type (spec: events.md), without prefix."""
     return _TOPIC_OF_KIND.get(KNOWN_TYPES.get(event_type, ""), "events.custom")
@@ -43,40 +52,34 @@ def topic_for(event_type: str) -> str:
 
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 hash (32-bit, seed 0x9747B28C), as the Java client computes it."""
-    length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    end = length - (length & 3)
-    for i in range(0, end, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
-        k = _mul_m(k)
+    # ``i64`` (a plain int when interpreted) lets compiled code keep every value in a
+    # machine word: a 32-bit value times the 31-bit constant stays below 2**63, so the
+    # masks alone give the 32-bit products, interpreted or compiled alike. With ``int``,
+    # mypyc multiplies in machine words only below 2**30 and fell back to
+    # arbitrary-precision products here (partition_for 166 -> 63 ns, microbenchmark).
+    length: i64 = len(data)
+    h: i64 = (0x9747B28C ^ length) & 0xFFFFFFFF
+    end: i64 = length - (length & 3)
+    i: i64 = 0
+    while i < end:
+        k: i64 = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
+        k = (k * _M) & 0xFFFFFFFF
         k ^= k >> 24
-        k = _mul_m(k)
-        h = _mul_m(h) ^ k
-    rest = length & 3
+        k = (k * _M) & 0xFFFFFFFF
+        h = ((h * _M) & 0xFFFFFFFF) ^ k
+        i += 4
+    rest: i64 = length & 3
     if rest == 3:
         h ^= data[end + 2] << 16
     if rest >= 2:
         h ^= data[end + 1] << 8
     if rest >= 1:
         h ^= data[end]
-        h = _mul_m(h)
+        h = (h * _M) & 0xFFFFFFFF
     h ^= h >> 13
-    h = _mul_m(h)
+    h = (h * _M) & 0xFFFFFFFF
     h ^= h >> 15
     return h
-
-
-def _mul_m(x: int) -> int:
-    """``(x * 0x5BD1E995) & 0xFFFFFFFF`` for a 32-bit ``x``, from 16-bit halves.
-
-    Compiled code multiplies in machine words only when both factors are below 2**30;
-    otherwise it falls back to arbitrary-precision integers (measured: 800 instructions
-    a product, 8 products per 4 bytes of key). Halves of ``x`` and of the constant
-    keep every product small; the high halves' product only reaches bits 32 and up.
-    """
-    lo = x & 0xFFFF
-    hi = x >> 16
-    return (lo * 0xE995 + (((hi * 0xE995 + lo * 0x5BD1) & 0xFFFF) << 16)) & 0xFFFFFFFF
 
 
 def partition_for(key: str, partitions: int) -> int:
