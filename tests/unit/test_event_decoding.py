@@ -7,6 +7,7 @@ rejects file of ``scorestream score``; the reasons are asserted word for word.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from scorestream.engine.events import (
     ProfileUpdate,
     decode_event,
 )
+from scorestream.engine.timeutil import parse_ts
 
 BASE: dict[str, Any] = {
     "event_id": "ev-1",
@@ -372,17 +374,19 @@ def test_size_of_a_str_counts_its_utf8_bytes() -> None:
     assert reason(text, max_bytes=len(text)) == f"too large: {size} bytes > {len(text)}"
 
 
-def test_fast_decoded_events_do_not_share_a_changed_fields_set() -> None:
-    # The fast path gives events of one shape one fields-set object; a copy that
-    # changes its fields must not change the others'.
+def test_events_compare_by_class_and_fields_and_are_not_hashable() -> None:
     raw = (
-        b'{"event_id":"e-%d","type":"webinar.attended","contact_id":"c-1",'
-        b'"occurred_at":"2026-03-01T00:00:00Z"}'
+        b'{"event_id":"e-1","type":"webinar.attended","contact_id":"c-1",'
+        b'"occurred_at":"2026-03-01T00:00:00+01:00","properties":{"seats":2}}'
     )
-    first, second = (decode_event(raw.replace(b"%d", str(i).encode())) for i in (1, 2))
-    fields = {"event_id", "type", "contact_id", "occurred_at"}
-    assert first.model_fields_set is second.model_fields_set  # the fast path's shared set
-    assert first.model_fields_set == fields
-    copied = first.model_copy(update={"properties": {"seats": 2}})
-    assert copied.model_fields_set == fields | {"properties"}
-    assert first.model_fields_set == second.model_fields_set == fields
+    first, second = decode_event(raw), decode_event(raw)
+    assert first is not second and first == second
+    at = parse_ts("2026-02-28T23:00:00Z")
+    assert (first.key, first.ts, first.anonymous) == ("c-1", at, False)
+    assert first.occurred_at.utcoffset() == timedelta(hours=1)  # the offset as given
+    assert first != decode_event(raw.replace(b'"seats":2', b'"seats":3'))
+    # The same fields under another class are another event.
+    assert PageView(*first.fields(), first.ts) != first == CustomEvent(*first.fields(), first.ts)
+    with pytest.raises(TypeError):
+        hash(first)
+    assert repr(first).startswith("CustomEvent(event_id='e-1', type='webinar.attended'")

@@ -1,15 +1,19 @@
-"""Input events (spec/events.md): frozen pydantic models, decoded from bytes in one place.
+"""Input events (spec/events.md), decoded from bytes in one place.
 
-:func:`decode_event` is the only way bytes become an :data:`Event`; every failure is an
+:func:`decode_event` is the only way bytes become an event; every failure is an
 :class:`InvalidEvent` whose ``reason`` says precisely what is wrong, so the worker can
 put it in the DLQ and ``scorestream score`` in the rejects file.
+
+The rules are pydantic models here (strict, frozen, one per event kind); the events
+themselves are the compiled classes of :mod:`scorestream.engine.wire` (:class:`Event`
+and one subclass per kind, re-exported here), built by its fast decoder or from a
+validated model.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
@@ -29,7 +33,36 @@ from pydantic_core import PydanticCustomError
 
 from scorestream.engine.errors import ScorestreamError
 from scorestream.engine.timeutil import TimeFormatError, parse_datetime, to_us
-from scorestream.engine.wire import FastDecoder
+from scorestream.engine.wire import (
+    CartEvent,
+    CustomEvent,
+    EmailEvent,
+    Event,
+    FastDecoder,
+    FormSubmit,
+    Identify,
+    PageView,
+    ProfileUpdate,
+)
+
+__all__ = [
+    "CART_TYPES",
+    "EMAIL_TYPES",
+    "KNOWN_TYPES",
+    "AnyEvent",
+    "CartEvent",
+    "CustomEvent",
+    "EmailEvent",
+    "Event",
+    "FormSubmit",
+    "Identify",
+    "InvalidEvent",
+    "PageView",
+    "ProfileUpdate",
+    "decode_event",
+    "event_from_dict",
+    "event_to_dict",
+]
 
 EmailType = Literal["email_sent", "email_open", "email_click", "email_unsubscribe", "email_bounce"]
 CartType = Literal[
@@ -115,11 +148,12 @@ def _json_kind(value: Any) -> str:
     return "object"
 
 
-_NUM = (int, float)
+#: an event class (spelled out here: inside the models, ``type`` names their field)
+EventClass = type[Event]
 
 
 class _EventBase(BaseModel):
-    """Fields shared by every event type."""
+    """The rules shared by every event type (the event built from it: :func:`_native`)."""
 
     # defer_build: the validators are built on first use, not at import. Most events are
     # built by the fast decoder without them, and `scorestream score` started 25 ms
@@ -133,8 +167,8 @@ class _EventBase(BaseModel):
     occurred_at: Timestamp
     properties: dict[str, Any] = Field(default_factory=dict)
 
-    #: well-known properties of this type: name -> (accepted JSON types, required)
-    PROPS: ClassVar[PropSpec] = {}
+    #: the event class this model validates for (its ``PROPS`` are checked here)
+    EVENT: ClassVar[EventClass] = CustomEvent
 
     @field_validator("occurred_at", mode="before")
     @classmethod
@@ -157,92 +191,43 @@ class _EventBase(BaseModel):
             raise PydanticCustomError(
                 "missing_identity", "one of contact_id or anonymous_id is required", {}
             )
-        if self.PROPS:
-            _check_props(self.properties, self.PROPS)
+        if self.EVENT.PROPS:
+            _check_props(self.properties, self.EVENT.PROPS)
         self._check_specific()
-        # Fill the cached properties now: the first read through cached_property takes a
-        # lock (Python 3.11) and costs more than the whole dedupe check.
-        self.__dict__["key"] = self.contact_id if self.contact_id is not None else self.anonymous_id
-        self.__dict__["ts"] = to_us(self.occurred_at)
         return self
 
     def _check_specific(self) -> None:
         """Per-type checks beyond property types."""
 
-    # cached_property writes the instance __dict__ directly, which a frozen model allows.
-    @cached_property
-    def key(self) -> str:
-        """Routing key: the contact id, or the anonymous id when there is none."""
-        return self.contact_id if self.contact_id is not None else self.anonymous_id or ""
 
-    @cached_property
-    def ts(self) -> int:
-        """Event time, integer microseconds since the epoch."""
-        return to_us(self.occurred_at)
-
-    @property
-    def anonymous(self) -> bool:
-        """True when the event names no contact, only a tracker cookie."""
-        return self.contact_id is None
-
-
-class PageView(_EventBase):
-    """A page view on a tracked website."""
-
+class _PageViewModel(_EventBase):
     type: Literal["page_view"]
-    PROPS = {
-        "url": (str, True),
-        "title": (str, False),
-        "referrer": (str, False),
-        "utm_source": (str, False),
-        "utm_medium": (str, False),
-        "utm_campaign": (str, False),
-    }
+    EVENT = PageView
 
 
-class EmailEvent(_EventBase):
-    """An e-mail delivery, open, click, unsubscribe or bounce."""
-
+class _EmailModel(_EventBase):
     type: EmailType
-    PROPS = {"campaign_id": (str, False), "message_id": (str, False), "link_url": (str, False)}
+    EVENT = EmailEvent
 
 
-class FormSubmit(_EventBase):
-    """A submitted web form."""
-
+class _FormSubmitModel(_EventBase):
     type: Literal["form_submit"]
-    PROPS = {"form_id": (str, True), "fields": (dict, False)}
+    EVENT = FormSubmit
 
 
-class CartEvent(_EventBase):
-    """A shop event: cart, product views, checkout, purchase, abandonment."""
-
+class _CartModel(_EventBase):
     type: CartType
-    PROPS = {
-        "product_id": (str, False),
-        "category": (str, False),
-        "value": (_NUM, False),
-        "currency": (str, False),
-    }
+    EVENT = CartEvent
 
 
-class ProfileUpdate(_EventBase):
-    """New values of contact attributes (``null`` removes an attribute)."""
-
+class _ProfileUpdateModel(_EventBase):
     type: Literal["profile_update"]
-    PROPS = {"attributes": (dict, True)}
-
-    @property
-    def attributes(self) -> dict[str, Any]:
-        """The attribute changes carried by this event."""
-        value: dict[str, Any] = self.properties["attributes"]
-        return value
+    EVENT = ProfileUpdate
 
 
-class Identify(_EventBase):
-    """The anonymous visitor is now known as the contact."""
-
+class _IdentifyModel(_EventBase):
     type: Literal["identify"]
+    EVENT = Identify
 
     def _check_specific(self) -> None:
         if self.contact_id is None or self.anonymous_id is None:
@@ -251,8 +236,21 @@ class Identify(_EventBase):
             )
 
 
-class CustomEvent(_EventBase):
-    """Any other event type (subscription_renewed, app_download, ...): free-form."""
+class _CustomModel(_EventBase):
+    EVENT = CustomEvent
+
+
+def _native(model: _EventBase) -> Event:
+    """The event a validated model describes."""
+    return model.EVENT(
+        model.event_id,
+        model.type,
+        model.contact_id,
+        model.anonymous_id,
+        model.occurred_at,
+        model.properties,
+        to_us(model.occurred_at),
+    )
 
 
 def _tag(value: Any) -> str:
@@ -262,19 +260,21 @@ def _tag(value: Any) -> str:
     return "custom"  # the custom model then reports the missing or ill-typed `type`
 
 
-Event = Annotated[
-    Annotated[PageView, Tag("page_view")]
-    | Annotated[EmailEvent, Tag("email")]
-    | Annotated[FormSubmit, Tag("form_submit")]
-    | Annotated[CartEvent, Tag("cart")]
-    | Annotated[ProfileUpdate, Tag("profile_update")]
-    | Annotated[Identify, Tag("identify")]
-    | Annotated[CustomEvent, Tag("custom")],
+_Model = Annotated[
+    Annotated[_PageViewModel, Tag("page_view")]
+    | Annotated[_EmailModel, Tag("email")]
+    | Annotated[_FormSubmitModel, Tag("form_submit")]
+    | Annotated[_CartModel, Tag("cart")]
+    | Annotated[_ProfileUpdateModel, Tag("profile_update")]
+    | Annotated[_IdentifyModel, Tag("identify")]
+    | Annotated[_CustomModel, Tag("custom")],
     Discriminator(_tag),
 ]
-AnyEvent = PageView | EmailEvent | FormSubmit | CartEvent | ProfileUpdate | Identify | CustomEvent
+#: any event (the classes of :mod:`scorestream.engine.wire` all derive from :class:`Event`)
+AnyEvent = Event
 
-_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event, config=ConfigDict(defer_build=True))
+#: the models' validator: the precise reason for what the fast decoder declined
+_ADAPTER: TypeAdapter[_EventBase] = TypeAdapter(_Model, config=ConfigDict(defer_build=True))
 
 
 def _describe(exc: ValidationError) -> str:
@@ -322,7 +322,7 @@ def decode_event(data: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEv
         except ValueError as exc:
             raise InvalidEvent(f"not valid JSON: {exc}") from None
     try:
-        return _ADAPTER.validate_json(raw)
+        return _native(_ADAPTER.validate_json(raw))
     except ValidationError as exc:
         if isinstance(raw, bytes | bytearray):
             try:
@@ -332,7 +332,7 @@ def decode_event(data: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEv
         raise InvalidEvent(_describe(exc)) from None
 
 
-_CLASS_OF_KIND: dict[str, type[_EventBase]] = {
+_CLASS_OF_KIND: dict[str, type[Event]] = {
     "page_view": PageView,
     "email": EmailEvent,
     "form_submit": FormSubmit,
@@ -341,7 +341,7 @@ _CLASS_OF_KIND: dict[str, type[_EventBase]] = {
     "identify": Identify,
 }
 #: the fast path's decoder (see :func:`_fast`); offline feeding calls it directly
-FAST_DECODER = FastDecoder(KNOWN_TYPES, _CLASS_OF_KIND, CustomEvent, Identify)
+FAST_DECODER = FastDecoder(KNOWN_TYPES, _CLASS_OF_KIND)
 
 
 def _fast(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent | None:
@@ -356,8 +356,7 @@ def _fast(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent | None:
     never looser. A Hypothesis test holds the two paths equal
     (``tests/properties/test_event_properties.py``).
     """
-    event: AnyEvent | None = FAST_DECODER.decode(raw, max_bytes)
-    return event
+    return FAST_DECODER.decode(raw, max_bytes)
 
 
 def _reject_constant(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""The fast path of event decoding, compiled with the hot modules (see ``setup.py``).
+"""Event objects and the fast path of event decoding, compiled with the hot modules
+(see ``setup.py``).
 
 :func:`scorestream.engine.events.decode_event` first tries :class:`FastDecoder`: it
 parses with the models' own JSON parser and applies the models' rules one by one; what
@@ -6,54 +7,186 @@ it does not plainly accept goes through the pydantic models, which give the prec
 reason. So it can only be stricter than the models, never looser (a Hypothesis test
 holds the two equal). It lives apart from the models because pydantic classes cannot be
 compiled, while this code, compiled, takes about a third of the time it did interpreted.
+
+Either way the result is an :class:`Event` of this module, not a pydantic model: the
+models validate, these classes carry. A compiled class reads its fields from the
+object itself; a pydantic model's every read went through its class's ``__getattr__``
+hook and the instance ``__dict__`` (12 reads an event, about 350 instructions each,
+4 % of ``scorestream score``), and cost a dict of its own per event.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, ClassVar, Final
 
 from pydantic_core import from_json
 
 from scorestream.engine.timeutil import TimeFormatError, parse_datetime, parse_utc, to_us
 
-_FIELDS = ("event_id", "type", "contact_id", "anonymous_id", "occurred_at", "properties")
-#: bits of a fields-set key (:attr:`FastDecoder._fields_sets`), one per name of ``_FIELDS``:
-#: the three a fast-decoded event always has, and the three it may lack
-_ALWAYS: Final = sum(1 << _FIELDS.index(name) for name in ("event_id", "type", "occurred_at"))
-_CONTACT_BIT: Final = 1 << _FIELDS.index("contact_id")
-_ANON_BIT: Final = 1 << _FIELDS.index("anonymous_id")
-_PROPS_BIT: Final = 1 << _FIELDS.index("properties")
 _CUSTOM_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 #: a property spec: name -> (accepted Python types, required)
 Spec = dict[str, tuple[Any, bool]]
 #: an event class and its well-known property checks as (name, accepted types, required)
-_Known = tuple[type, list[tuple[str, tuple[type, ...], bool]]]
+_Known = tuple["type[Event]", list[tuple[str, tuple[type, ...], bool]]]
+
+
+class Event:
+    """A valid input event (spec/events.md). Built only by decoding (``decode_event``).
+
+    Treat as immutable: the pipeline shares one event between records (a forward keeps
+    its event), and ``mypy`` refuses assignments to its fields (``Final``).
+    """
+
+    __slots__ = (
+        "anonymous_id",
+        "contact_id",
+        "event_id",
+        "key",
+        "occurred_at",
+        "properties",
+        "ts",
+        "type",
+    )
+
+    #: well-known properties of this type: name -> (accepted JSON types, required)
+    PROPS: ClassVar[dict[str, tuple[type | tuple[type, ...], bool]]] = {}
+
+    def __init__(
+        self,
+        event_id: str,
+        type: str,
+        contact_id: str | None,
+        anonymous_id: str | None,
+        occurred_at: datetime,
+        properties: dict[str, Any],
+        ts: int,
+    ) -> None:
+        self.event_id: Final = event_id
+        self.type: Final = type
+        self.contact_id: Final = contact_id
+        self.anonymous_id: Final = anonymous_id
+        #: the time as given (an aware datetime, its offset kept)
+        self.occurred_at: Final = occurred_at
+        self.properties: Final = properties
+        #: routing key: the contact id, or the anonymous id when there is none
+        self.key: Final[str] = (
+            contact_id if contact_id is not None else anonymous_id if anonymous_id else ""
+        )
+        #: event time, integer microseconds since the epoch
+        self.ts: Final = ts
+
+    @property
+    def anonymous(self) -> bool:
+        """True when the event names no contact, only a tracker cookie."""
+        return self.contact_id is None
+
+    def fields(self) -> tuple[Any, ...]:
+        """Every field, in the contract's order (equality compares these)."""
+        return (
+            self.event_id,
+            self.type,
+            self.contact_id,
+            self.anonymous_id,
+            self.occurred_at,
+            self.properties,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event) or type(other) is not type(self):
+            return NotImplemented
+        return self.fields() == other.fields()
+
+    # Equal events need not hash alike by identity, and ``properties`` is a dict:
+    # events are not hashable (nor were the frozen models holding a dict).
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(event_id={self.event_id!r}, type={self.type!r}, "
+            f"contact_id={self.contact_id!r}, anonymous_id={self.anonymous_id!r}, "
+            f"occurred_at={self.occurred_at!r}, properties={self.properties!r})"
+        )
+
+
+class PageView(Event):
+    """A page view on a tracked website."""
+
+    __slots__ = ()
+    PROPS = {
+        "url": (str, True),
+        "title": (str, False),
+        "referrer": (str, False),
+        "utm_source": (str, False),
+        "utm_medium": (str, False),
+        "utm_campaign": (str, False),
+    }
+
+
+class EmailEvent(Event):
+    """An e-mail delivery, open, click, unsubscribe or bounce."""
+
+    __slots__ = ()
+    PROPS = {"campaign_id": (str, False), "message_id": (str, False), "link_url": (str, False)}
+
+
+class FormSubmit(Event):
+    """A submitted web form."""
+
+    __slots__ = ()
+    PROPS = {"form_id": (str, True), "fields": (dict, False)}
+
+
+class CartEvent(Event):
+    """A shop event: cart, product views, checkout, purchase, abandonment."""
+
+    __slots__ = ()
+    PROPS = {
+        "product_id": (str, False),
+        "category": (str, False),
+        "value": ((int, float), False),
+        "currency": (str, False),
+    }
+
+
+class ProfileUpdate(Event):
+    """New values of contact attributes (``null`` removes an attribute)."""
+
+    __slots__ = ()
+    PROPS = {"attributes": (dict, True)}
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The attribute changes carried by this event."""
+        value: dict[str, Any] = self.properties["attributes"]
+        return value
+
+
+class Identify(Event):
+    """The anonymous visitor is now known as the contact."""
+
+    __slots__ = ()
+
+
+class CustomEvent(Event):
+    """Any other event type (subscription_renewed, app_download, ...): free-form."""
+
+    __slots__ = ()
 
 
 class FastDecoder:
     """Builds events without the models when they are plainly valid (None when unsure)."""
 
-    def __init__(
-        self,
-        kinds: dict[str, str],
-        class_of_kind: dict[str, type],
-        custom: type,
-        identify: type,
-    ) -> None:
+    def __init__(self, kinds: dict[str, str], class_of_kind: dict[str, type[Event]]) -> None:
         #: event type -> its class and checks
         self._known: dict[str, _Known] = {}
         for etype, kind in kinds.items():
             cls = class_of_kind[kind]
             self._known[etype] = (cls, _specs(cls))
-        self._custom: _Known = (custom, _specs(custom))
-        self._identify = identify
-        #: which of ``_FIELDS`` an object had (a bit each) -> pydantic's fields-set. One
-        #: set per combination, shared: pydantic copies it before it changes it (frozen
-        #: models never do), and a new set per event was 2 % of ``scorestream score``.
-        self._fields_sets: dict[int, set[str]] = {}
+        self._custom: _Known = (CustomEvent, _specs(CustomEvent))
 
-    def decode(self, raw: bytes, max_bytes: int) -> Any:
+    def decode(self, raw: bytes, max_bytes: int) -> Event | None:
         """The event, or None if the models must decide.
 
         Among what they decide: a line over ``max_bytes``, and one that holds ``NaN`` or
@@ -85,7 +218,7 @@ class FastDecoder:
             if _CUSTOM_TYPE.fullmatch(etype) is None:
                 return None
             known = self._custom
-        cls: Any = known[0]
+        cls = known[0]
         specs = known[1]
         contact = obj.get("contact_id")
         anon = obj.get("anonymous_id")
@@ -93,7 +226,7 @@ class FastDecoder:
             return None
         if anon is not None and (type(anon) is not str or not 0 < len(anon) <= 256):
             return None
-        identify = cls is self._identify
+        identify = cls is Identify
         if contact is None and (anon is None or identify):
             return None
         if identify and anon is None:
@@ -110,8 +243,7 @@ class FastDecoder:
             except TimeFormatError:
                 return None
             ts = to_us(moment)
-        has_props = "properties" in obj
-        if has_props:
+        if "properties" in obj:
             props = obj["properties"]
             if type(props) is not dict:
                 return None
@@ -126,51 +258,11 @@ class FastDecoder:
             # bool is an int subclass: a number property must not accept true/false.
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 return None
-        # ``object.__new__`` itself: looking ``__new__`` up on a model class (through
-        # pydantic's metaclass) cost as much as the allocation.
-        event = _NEW(cls)
-        # ``event_id``, ``type`` and ``occurred_at`` are strings here, so present; the ids
-        # may be present as null.
-        present = _ALWAYS
-        if "contact_id" in obj:
-            present |= _CONTACT_BIT
-        if "anonymous_id" in obj:
-            present |= _ANON_BIT
-        if has_props:
-            present |= _PROPS_BIT
-        fields_set = self._fields_sets.get(present)
-        if fields_set is None:
-            fields_set = {name for i, name in enumerate(_FIELDS) if present >> i & 1}
-            self._fields_sets[present] = fields_set
-        # Frozen models refuse setattr; pydantic's own model_construct sets these through
-        # object.__setattr__ too. Spelled out, not through an alias: mypyc compiles this
-        # form to a direct generic set, without the slot wrapper and its argument tuples
-        # (decoding 23,100 -> 18,700 instructions an event, callgrind of `score`).
-        object.__setattr__(
-            event,
-            "__dict__",
-            {
-                "event_id": event_id,
-                "type": etype,
-                "contact_id": contact,
-                "anonymous_id": anon,
-                "occurred_at": moment,
-                "properties": props,
-                "key": contact if contact is not None else anon,
-                "ts": ts,
-            },
-        )
-        object.__setattr__(event, "__pydantic_fields_set__", fields_set)
-        object.__setattr__(event, "__pydantic_extra__", None)
-        object.__setattr__(event, "__pydantic_private__", None)
-        return event
+        return cls(event_id, etype, contact, anon, moment, props, ts)
 
 
-_NEW: Final[Any] = object.__new__
-
-
-def _specs(cls: type) -> list[tuple[str, tuple[type, ...], bool]]:
-    props: Spec = getattr(cls, "PROPS", {})
+def _specs(cls: type[Event]) -> list[tuple[str, tuple[type, ...], bool]]:
+    props: Spec = cls.PROPS
     out: list[tuple[str, tuple[type, ...], bool]] = []
     for name, (kinds, required) in props.items():
         out.append((name, kinds if isinstance(kinds, tuple) else (kinds,), required))
