@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scorestream.engine.conditions import (
     MISSING,
@@ -17,6 +19,7 @@ from scorestream.engine.conditions import (
     ConditionError,
     compile_test,
     compile_where,
+    glob_to_regex,
 )
 from scorestream.engine.events import event_from_dict
 from scorestream.engine.rules import parse_rules
@@ -190,6 +193,23 @@ def test_glob_knows_only_star_and_question_mark() -> None:
     # * also spans slashes and newlines: it is "any run of characters"
     assert holds({"url": {"glob": "/*/x"}}, {"url": "/a/b/x"})
     assert holds({"url": {"glob": "*"}}, {"url": "line1\nline2"})
+
+
+# Glob patterns and values over a small alphabet, so that prefixes, suffixes and
+# infixes often match; "**", "*?" and "?" shapes included.
+_GLOB_CHARS = st.sampled_from(["a", "b", "/", ".", "\n", "*", "?", "é"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pattern=st.lists(_GLOB_CHARS, max_size=8).map("".join),
+    value=st.lists(_GLOB_CHARS.filter(lambda c: c not in "*?"), max_size=10).map("".join),
+)
+def test_every_glob_shape_matches_as_its_regular_expression(pattern: str, value: str) -> None:
+    # Literal patterns with stars at the ends take string tests instead of a regex:
+    # they must agree with the regex everywhere.
+    expected = glob_to_regex(pattern).fullmatch(value) is not None
+    assert holds({"x": {"glob": pattern}}, {"x": value}) is expected
 
 
 def test_regex_is_a_full_match() -> None:

@@ -69,6 +69,23 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts), re.DOTALL)
 
 
+def _glob(pattern: str) -> Predicate:
+    """A glob test; the usual shapes (a literal with ``*`` at one or both ends) without
+    a regular expression: a prefix test is about a tenth of a regex match's cost."""
+    inner = pattern.strip("*")
+    if "*" not in inner and "?" not in inner:
+        starts, ends = pattern.startswith("*"), pattern.endswith("*")
+        if not starts and not ends:
+            return lambda x: isinstance(x, str) and x == inner
+        if not starts:
+            return lambda x: isinstance(x, str) and x.startswith(inner)
+        if not ends:
+            return lambda x: isinstance(x, str) and x.endswith(inner)
+        return lambda x: isinstance(x, str) and inner in x
+    rx = glob_to_regex(pattern)
+    return lambda x: isinstance(x, str) and rx.fullmatch(x) is not None
+
+
 def _membership(values: list[Any]) -> Predicate:
     # Strings are by far the common case: a frozenset lookup; the rest falls back to same().
     strings = frozenset(v for v in values if isinstance(v, str))
@@ -103,8 +120,7 @@ def compile_operator(op: str, arg: Any, path: str) -> Predicate:
     if op == "glob":
         if not isinstance(arg, str):
             raise ConditionError(where, "glob takes a string pattern")
-        rx = glob_to_regex(arg)
-        return lambda x: isinstance(x, str) and rx.fullmatch(x) is not None
+        return _glob(arg)
     if op == "regex":
         if not isinstance(arg, str):
             raise ConditionError(where, "regex takes a string")
@@ -163,13 +179,27 @@ def lookup(props: Mapping[str, Any], parts: tuple[str, ...]) -> Any:
     """The value at a dotted path, or :data:`MISSING`."""
     value: Any = props
     for part in parts:
-        # JSON objects are dicts: the exact type check is far cheaper than an ABC check
-        if type(value) is not dict and not isinstance(value, Mapping):
+        # JSON objects are dicts: the exact type check is far cheaper than an ABC check,
+        # and a dict's own lookup than a method call
+        if type(value) is dict:
+            table: dict[str, Any] = value
+            value = table.get(part, MISSING)
+        elif isinstance(value, Mapping):
+            value = value.get(part, MISSING)
+        else:
             return MISSING
-        value = value.get(part, MISSING)
         if value is MISSING:
             return MISSING
     return value
+
+
+def _get(props: Mapping[str, Any], name: str) -> Any:
+    """``props.get(name, MISSING)``, as a dict lookup when it is a dict (always, for
+    decoded JSON): compiled, a method call on a ``Mapping`` cost several times more."""
+    if type(props) is dict:
+        table: dict[str, Any] = props
+        return table.get(name, MISSING)
+    return props.get(name, MISSING)
 
 
 def compile_where(where: Any, path: str) -> Callable[[Mapping[str, Any]], bool]:
@@ -186,7 +216,7 @@ def compile_where(where: Any, path: str) -> Callable[[Mapping[str, Any]], bool]:
         ((parts, pred),) = checks
         if len(parts) == 1:
             (name,) = parts
-            return lambda props: pred(props.get(name, MISSING))
+            return lambda props: pred(_get(props, name))
         return lambda props: pred(lookup(props, parts))
 
     def all_hold(props: Mapping[str, Any]) -> bool:
