@@ -2,8 +2,11 @@
 
     .venv/bin/python bench/engine_bench.py [--events 200000] [--contacts 10000]
 
-Also prints the scorer alone (``Engine.apply`` over pre-decoded events, no processor)
-and the bound that decoding followed by that scorer sets, which no processor can beat.
+Also prints the scorer alone (``Engine.apply`` over pre-decoded events, no processor),
+the bound that decoding followed by that scorer sets, which no processor can beat, and
+decoding and scoring in one loop in file order with identity merges and no processor:
+what "decode + score" measured when issue 8 was filed (the engine's former
+``Population``), before the event-time merge and exactly-once marks of issue 7.
 "x baseline" divides the best rates; "by round" is the median over the rounds of each
 loop's ratio within its round (steadier on a noisy machine).
 
@@ -23,11 +26,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from scorestream.engine.events import decode_event  # noqa: E402
+from scorestream.engine.events import Identify, decode_event  # noqa: E402
 from scorestream.engine.rules import load_rules  # noqa: E402
 from scorestream.engine.scorer import Engine  # noqa: E402
 from scorestream.engine.state import ContactState  # noqa: E402
@@ -97,6 +101,32 @@ class _Discard:
         raise AssertionError("every partition is local")
 
 
+def _direct(
+    lines: list[bytes],
+    states: dict[str, ContactState],
+    aliases: dict[str, str],
+    apply: Callable[..., Any],
+    new_state: Callable[..., ContactState],
+    merge: Callable[..., Any],
+) -> None:
+    for line in lines:
+        event = decode_event(line)
+        key = event.key
+        while key in aliases:
+            key = aliases[key]
+        state = states.get(key)
+        if state is None:
+            state = states[key] = new_state(key, anonymous=event.contact_id is None)
+        outcome = apply(state, event)
+        anon = event.anonymous_id
+        merges = type(event) is Identify and outcome.status == "applied"
+        if merges and anon is not None and anon != key and anon not in aliases:
+            other = states.pop(anon, None)
+            if other is not None:
+                merge(state, other, event.ts, event.event_id)
+            aliases[anon] = key
+
+
 def pipeline(rules: object) -> Processor:
     """The offline processor, every partition local, in-memory stores."""
     proc = Processor(Engine(rules), DEFAULT_PARTITIONS, _Discard(), highwater=lambda t, p: 0)  # type: ignore[arg-type]
@@ -136,6 +166,21 @@ def main() -> None:
         # exactly what `scorestream score` does, minus reading the file and writing output
         score_lines(Engine(rules), iter(lines))
 
+    def engine_direct() -> None:
+        # Decode and score in file order with identity merges, on a dict of states: the
+        # path this benchmark's "decode + score" measured when issue 8 was filed (the
+        # engine's former Population class), before the event-time merge and the
+        # exactly-once marks of the one processor (issue 7) came between the two.
+        engine = Engine(rules)
+        states: dict[str, ContactState] = {}
+        aliases: dict[str, str] = {}
+        apply, new_state, merge = engine.apply, engine.new_state, engine.merge
+        gc.disable()  # as score_lines runs: states hold no cycles
+        try:
+            _direct(lines, states, aliases, apply, new_state, merge)
+        finally:
+            gc.enable()
+
     decoded = [decode_event(line) for line in lines]
     # The pre-decoded events live through the whole benchmark: keep them out of the
     # cyclic GC's scans, which would otherwise be charged to the engine.
@@ -173,7 +218,9 @@ def main() -> None:
         proc.run(0.0)
 
     rates, ratios = best_rates(
-        n, [baseline, decode_only, engine_full, engine_core, engine_alone], args.repeat
+        n,
+        [baseline, decode_only, engine_full, engine_core, engine_alone, engine_direct],
+        args.repeat,
     )
     base, dec, alone = rates[0], rates[1], rates[4]
 
@@ -187,6 +234,7 @@ def main() -> None:
         "engine: decode + score (scorestream score)",
         "engine core: merge + score pre-decoded",
         "scorer alone: Engine.apply pre-decoded",
+        "decode + score, file order, no merge",
     )
     for name, rate, ratio in zip(names, rates, ratios, strict=True):
         print(f"{name:<42}{rate:>12,.0f}{rate / base:>12.2f}{ratio:>10.2f}")
