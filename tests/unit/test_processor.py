@@ -1005,27 +1005,6 @@ def test_a_quiet_backlog_stays_at_its_newest_event_and_a_live_one_follows_the_cl
     assert wm == int((live.now + 3.0) * US_PER_SECOND) - 5 * US_PER_SECOND
 
 
-def test_the_newest_event_time_is_told_again_after_every_rebalance() -> None:
-    # A worker that rejoins (after kill -9) has no remote newest: the others must tell it
-    # theirs again, although their own newest has not changed since they last told.
-    member = Member(Cluster(), Engine(PARITY), [0, 1, 2], settings=Settings(idle_timeout=2.0))
-    member.cluster.publish(
-        [ev(1, "page_view", 0, contact_id=f"c-{i}", props={"url": "/"}) for i in range(20)]
-    )
-    run_members([member], random.Random(0))
-    proc = member.proc
-    quiet = member.now + 3.0
-    newest = proc.clock_due(quiet)
-    assert newest is not None
-    proc.send_clock(newest)
-    assert proc.clock_due(quiet) is None  # told, nothing new
-    proc.set_generation(proc.generation + 1)
-    assert proc.clock_due(quiet) == newest
-    proc.send_clock(newest)
-    proc.revoke([2])
-    assert proc.clock_due(quiet) == newest
-
-
 def test_a_late_record_behind_a_parked_one_in_its_queue_waits_too() -> None:
     # The contact's page view at minute 3 is parked (it comes after the identify); the
     # one at minute 1 was published after it in the same topic-partition, so the whole

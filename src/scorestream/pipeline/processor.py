@@ -408,12 +408,6 @@ class Processor:
 
     def _remote(self) -> None:
         self._front_sent = None  # the receivers forget what was sent before: send again
-        # The newest event time too: a worker that restarted holds its remote newest in
-        # memory only, and may have committed past the clock record before it died; without
-        # a new one its time stops at its own partitions' newest event, and decay and
-        # timers due between that and the stream's newest never happen (found by a CI run
-        # of test_processes: 7 "down" crossings missing after a kill -9).
-        self._clock_sent = None
         self.merger.set_generation(
             self.generation, [p for p in range(self.n) if p not in self.parts]
         )
