@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -101,14 +100,10 @@ class _Discard:
         raise AssertionError("every partition is local")
 
 
-def _direct(
-    lines: list[bytes],
-    states: dict[str, ContactState],
-    aliases: dict[str, str],
-    apply: Callable[..., Any],
-    new_state: Callable[..., ContactState],
-    merge: Callable[..., Any],
-) -> None:
+def _direct(engine: Engine, lines: list[bytes]) -> None:
+    """Decode and score in file order with identity merges, on a dict of states."""
+    states: dict[str, ContactState] = {}
+    aliases: dict[str, str] = {}
     for line in lines:
         event = decode_event(line)
         key = event.key
@@ -116,14 +111,14 @@ def _direct(
             key = aliases[key]
         state = states.get(key)
         if state is None:
-            state = states[key] = new_state(key, anonymous=event.contact_id is None)
-        outcome = apply(state, event)
+            state = states[key] = engine.new_state(key, anonymous=event.contact_id is None)
+        outcome = engine.apply(state, event)
         anon = event.anonymous_id
         merges = type(event) is Identify and outcome.status == "applied"
         if merges and anon is not None and anon != key and anon not in aliases:
             other = states.pop(anon, None)
             if other is not None:
-                merge(state, other, event.ts, event.event_id)
+                engine.merge(state, other, event.ts, event.event_id)
             aliases[anon] = key
 
 
@@ -171,13 +166,9 @@ def main() -> None:
         # path this benchmark's "decode + score" measured when issue 8 was filed (the
         # engine's former Population class), before the event-time merge and the
         # exactly-once marks of the one processor (issue 7) came between the two.
-        engine = Engine(rules)
-        states: dict[str, ContactState] = {}
-        aliases: dict[str, str] = {}
-        apply, new_state, merge = engine.apply, engine.new_state, engine.merge
         gc.disable()  # as score_lines runs: states hold no cycles
         try:
-            _direct(lines, states, aliases, apply, new_state, merge)
+            _direct(Engine(rules), lines)
         finally:
             gc.enable()
 

@@ -179,27 +179,22 @@ def lookup(props: Mapping[str, Any], parts: tuple[str, ...]) -> Any:
     """The value at a dotted path, or :data:`MISSING`."""
     value: Any = props
     for part in parts:
-        # JSON objects are dicts: the exact type check is far cheaper than an ABC check,
-        # and a dict's own lookup than a method call
-        if type(value) is dict:
-            table: dict[str, Any] = value
-            value = table.get(part, MISSING)
-        elif isinstance(value, Mapping):
-            value = value.get(part, MISSING)
-        else:
-            return MISSING
+        value = _get(value, part)
         if value is MISSING:
             return MISSING
     return value
 
 
-def _get(props: Mapping[str, Any], name: str) -> Any:
-    """``props.get(name, MISSING)``, as a dict lookup when it is a dict (always, for
-    decoded JSON): compiled, a method call on a ``Mapping`` cost several times more."""
-    if type(props) is dict:
-        table: dict[str, Any] = props
+def _get(value: Any, name: str) -> Any:
+    """``value[name]`` of a mapping, or :data:`MISSING` (also when ``value`` is none)."""
+    # JSON objects are dicts: the exact type check is far cheaper than an ABC check, and
+    # compiled, a dict's own lookup than a method call on a ``Mapping``
+    if type(value) is dict:
+        table: dict[str, Any] = value
         return table.get(name, MISSING)
-    return props.get(name, MISSING)
+    if isinstance(value, Mapping):
+        return value.get(name, MISSING)
+    return MISSING
 
 
 def compile_where(where: Any, path: str) -> Callable[[Mapping[str, Any]], bool]:

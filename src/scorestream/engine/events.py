@@ -43,6 +43,7 @@ from scorestream.engine.wire import (
     Identify,
     PageView,
     ProfileUpdate,
+    PropSpec,
 )
 
 __all__ = [
@@ -90,8 +91,6 @@ TYPE_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
 DEFAULT_MAX_BYTES = 1_000_000
 
 StrictStr = Annotated[str, Strict()]
-#: accepted Python types of a well-known property, and whether it is required
-PropSpec = dict[str, tuple[type | tuple[type, ...], bool]]
 Id = Annotated[str, Strict(), Field(min_length=1, max_length=256)]
 Timestamp = Annotated[AwareDatetime, Field()]
 

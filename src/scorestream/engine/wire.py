@@ -26,8 +26,8 @@ from pydantic_core import from_json
 from scorestream.engine.timeutil import TimeFormatError, parse_datetime, parse_utc, to_us
 
 _CUSTOM_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
-#: a property spec: name -> (accepted Python types, required)
-Spec = dict[str, tuple[Any, bool]]
+#: well-known properties: name -> (accepted Python types, required)
+PropSpec = dict[str, tuple[type | tuple[type, ...], bool]]
 #: an event class and its well-known property checks as (name, accepted types, required)
 _Known = tuple["type[Event]", list[tuple[str, tuple[type, ...], bool]]]
 
@@ -50,8 +50,8 @@ class Event:
         "type",
     )
 
-    #: well-known properties of this type: name -> (accepted JSON types, required)
-    PROPS: ClassVar[dict[str, tuple[type | tuple[type, ...], bool]]] = {}
+    #: well-known properties of this type
+    PROPS: ClassVar[PropSpec] = {}
 
     def __init__(
         self,
@@ -262,7 +262,7 @@ class FastDecoder:
 
 
 def _specs(cls: type[Event]) -> list[tuple[str, tuple[type, ...], bool]]:
-    props: Spec = cls.PROPS
+    props: PropSpec = cls.PROPS
     out: list[tuple[str, tuple[type, ...], bool]] = []
     for name, (kinds, required) in props.items():
         out.append((name, kinds if isinstance(kinds, tuple) else (kinds,), required))
