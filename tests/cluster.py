@@ -102,6 +102,7 @@ class Member:
             for topic in (*INPUT_TOPICS, REPARTITION):
                 self.position[(topic, p)] = start.get(topic, 0)
         self.now = 1000.0
+        self.proc.joined(self.now)
 
     def pending(self) -> list[tuple[str, int]]:
         """Topic-partitions with records not read yet."""

@@ -29,7 +29,7 @@ from scorestream.pipeline.merge import (
     STALL_SECONDS,
 )
 from scorestream.pipeline.processor import Processor, Settings
-from scorestream.pipeline.records import CLOCK, REQUEST, STATE, decode_envelope
+from scorestream.pipeline.records import CLOCK, REQUEST, STATE, clock_envelope, decode_envelope
 from scorestream.pipeline.routing import REPARTITION, partition_for
 from scorestream.pipeline.store import MemoryStore
 from traffic import journeys
@@ -1003,6 +1003,69 @@ def test_a_quiet_backlog_stays_at_its_newest_event_and_a_live_one_follows_the_cl
     run_members([live], random.Random(0))
     wm = live.proc.advance_watermark(live.now + 3.0)
     assert wm == int((live.now + 3.0) * US_PER_SECOND) - 5 * US_PER_SECOND
+
+
+def test_the_newest_event_time_is_told_again_after_every_rebalance() -> None:
+    # A worker that rejoins (after kill -9) has no remote newest: the others must tell it
+    # theirs again, although their own newest has not changed since they last told.
+    member = Member(Cluster(), Engine(PARITY), [0, 1, 2], settings=Settings(idle_timeout=2.0))
+    member.cluster.publish(
+        [ev(1, "page_view", 0, contact_id=f"c-{i}", props={"url": "/"}) for i in range(20)]
+    )
+    run_members([member], random.Random(0))
+    proc = member.proc
+    quiet = member.now + 3.0
+    newest = proc.clock_due(quiet)
+    assert newest is not None
+    proc.send_clock(newest)
+    assert proc.clock_due(quiet) is None  # told, nothing new
+    proc.set_generation(proc.generation + 1)
+    assert proc.clock_due(quiet) == newest
+    proc.send_clock(newest)
+    proc.revoke([2])
+    assert proc.clock_due(quiet) == newest
+
+
+def test_a_worker_owning_every_partition_tells_its_time_once_others_are_back() -> None:
+    # While the other workers are down it tells no one; marking its time as told then
+    # left the restarted ones without it (their timers and decay stopped).
+    member = Member(Cluster(), Engine(PARITY), range(N), settings=Settings(idle_timeout=2.0))
+    member.cluster.publish(
+        [ev(1, "page_view", 0, contact_id=f"c-{i}", props={"url": "/"}) for i in range(20)]
+    )
+    run_members([member], random.Random(0))
+    proc = member.proc
+    quiet = member.now + 3.0
+    newest = proc.clock_due(quiet)
+    assert newest is not None
+    sent = len(member.cluster.logs.get((REPARTITION, 0), []))
+    proc.send_clock(newest)
+    assert len(member.cluster.logs.get((REPARTITION, 0), [])) == sent  # nobody to tell
+    assert proc.clock_due(quiet) == newest  # so not told
+    proc.revoke([0])  # another worker owns partition 0 now
+    proc.send_clock(newest)
+    assert proc.clock_due(quiet) is None
+    told = [decode_envelope(v) for v in member.cluster.logs[(REPARTITION, 0)][sent:]]
+    assert [(r.kind, r.key[0]) for r in told] == [(CLOCK, newest)]
+
+
+def test_a_worker_that_just_joined_waits_before_taking_another_workers_time() -> None:
+    # A worker restarting after kill -9 has released nothing yet: it may find its inputs
+    # at their end on its first fetch while the traffic goes on. The newest time another
+    # worker tells it moves its contacts only once it has been quiet for idle_timeout
+    # since it joined (two-worker live soaks with kill -9 lost up to 2,964 crossings).
+    member = Member(Cluster(), Engine(PARITY), [0, 1, 2], settings=Settings(idle_timeout=2.0))
+    proc = member.proc
+    member.now += 100.0  # long after the process started
+    proc.joined(member.now)
+    proc.refresh(member.now)
+    remote = T0 + 3600 * US_PER_SECOND
+    proc.receive(REPARTITION, 0, 0, clock_envelope(-1, remote), member.now)
+    assert proc.remote_newest == remote
+    assert not proc.quiet(member.now + 1.9)
+    assert proc.advance_watermark(member.now + 1.9) < T0
+    assert proc.quiet(member.now + 2.0)
+    assert proc.advance_watermark(member.now + 2.0) == remote
 
 
 def test_a_late_record_behind_a_parked_one_in_its_queue_waits_too() -> None:

@@ -666,6 +666,7 @@ class Runtime:
             loaded = await loop.run_in_executor(None, self.handover.load, handover, sorted(mine))
             self.handover.install(handover, loaded)
         self.metrics.partitions.set(len(mine))
+        self.processor.joined(time.time())
         self._tune_fetcher()
         if not self._frozen:
             # Everything alive now (modules, Faust's services, recovered states) lives as
