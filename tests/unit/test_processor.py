@@ -1068,6 +1068,31 @@ def test_a_worker_that_just_joined_waits_before_taking_another_workers_time() ->
     assert proc.advance_watermark(member.now + 2.0) == remote
 
 
+def test_events_that_waited_for_a_hand_over_are_not_counted_as_late() -> None:
+    # The contact's form (minute 3) waits for the visitor's state from the other worker
+    # while another contact of its partition goes on to minute 4: applied after that one
+    # by design, it did not reach Kafka late. An event that did (minute 1, published
+    # after the contact's minute-3 one in the same topic) still counts, parked or not.
+    anon, contact = pair_on_two_partitions({0, 1, 2}, {3, 4, 5})
+    home = partition_for(contact, N)
+    other = next(f"o-{i}" for i in range(1000) if partition_for(f"o-{i}", N) == home)
+    raws = [
+        ev(1, "page_view", 0, anonymous_id=anon, props={"url": "/pricing"}),
+        ev(2, "identify", 2, contact_id=contact, anonymous_id=anon),
+        ev(3, "form_submit", 3, contact_id=contact, props={"form_id": "contact"}),
+        ev(4, "form_submit", 4, contact_id=other, props={"form_id": "contact"}),
+    ]
+    split = Split(raws, seed=0)
+    proc = split.contacts.proc
+    assert proc.parked == 1 and proc.late == 0
+    split.finish_as_offline()
+    assert proc.parked == 0 and proc.late == 0
+    late = [*raws, ev(5, "form_submit", 1, contact_id=contact, props={"form_id": "demo"})]
+    split = Split(late, seed=0)
+    split.finish_as_offline()
+    assert split.contacts.proc.late == 1
+
+
 def test_a_late_record_behind_a_parked_one_in_its_queue_waits_too() -> None:
     # The contact's page view at minute 3 is parked (it comes after the identify); the
     # one at minute 1 was published after it in the same topic-partition, so the whole
