@@ -113,6 +113,7 @@ class Member:
         self.now += 0.001
         if self.proc.generation != self.cluster.generation:
             self.proc.set_generation(self.cluster.generation)
+            self.proc.joined(self.now)  # as the worker does after each assignment
         return self.pending()
 
     def _read(self, topic: str, p: int, count: int, run: bool) -> None:

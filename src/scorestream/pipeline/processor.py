@@ -427,10 +427,11 @@ class Processor:
         It counts as activity for :meth:`quiet`: a worker that just (re)joined has read
         nothing yet, and the newest time other workers tell it must not move its contacts
         before it has had ``idle_timeout`` to fetch. Without this a worker restarting
-        after kill -9, which had released nothing since it started, was quiet as soon as
-        its first fetch found its inputs at their (momentary) ends, took the other
-        worker's newest time and advanced its contacts past events still on their way
-        (two-worker live soaks with kill -9: 149 - 2,964 crossings differing).
+        after kill -9, which had released nothing since it started, counted as quiet as
+        soon as its first fetch found its inputs at their (momentary) ends, and could
+        take the other worker's newest time past events still on their way. (The clock
+        re-sent after every rebalance without this, 994eaea: two-worker live soaks with
+        kill -9 gave 149 - 2,964 differing crossings.)
         """
         self._last_release = max(self._last_release, now)
 
