@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -1005,18 +1005,24 @@ def test_a_quiet_backlog_stays_at_its_newest_event_and_a_live_one_follows_the_cl
     assert wm == int((live.now + 3.0) * US_PER_SECOND) - 5 * US_PER_SECOND
 
 
-def test_the_newest_event_time_is_told_again_after_every_rebalance() -> None:
-    # A worker that rejoins (after kill -9) has no remote newest: the others must tell it
-    # theirs again, although their own newest has not changed since they last told.
-    member = Member(Cluster(), Engine(PARITY), [0, 1, 2], settings=Settings(idle_timeout=2.0))
+def quiet_member(partitions: Iterable[int]) -> tuple[Member, float, int]:
+    """A member that applied 20 events and is quiet: it, a quiet time, its newest time."""
+    member = Member(Cluster(), Engine(PARITY), partitions, settings=Settings(idle_timeout=2.0))
     member.cluster.publish(
         [ev(1, "page_view", 0, contact_id=f"c-{i}", props={"url": "/"}) for i in range(20)]
     )
     run_members([member], random.Random(0))
-    proc = member.proc
     quiet = member.now + 3.0
-    newest = proc.clock_due(quiet)
+    newest = member.proc.clock_due(quiet)
     assert newest is not None
+    return member, quiet, newest
+
+
+def test_the_newest_event_time_is_told_again_after_every_rebalance() -> None:
+    # A worker that rejoins (after kill -9) has no remote newest: the others must tell it
+    # theirs again, although their own newest has not changed since they last told.
+    member, quiet, newest = quiet_member([0, 1, 2])
+    proc = member.proc
     proc.send_clock(newest)
     assert proc.clock_due(quiet) is None  # told, nothing new
     proc.set_generation(proc.generation + 1)
@@ -1029,15 +1035,8 @@ def test_the_newest_event_time_is_told_again_after_every_rebalance() -> None:
 def test_a_worker_owning_every_partition_tells_its_time_once_others_are_back() -> None:
     # While the other workers are down it tells no one; marking its time as told then
     # left the restarted ones without it (their timers and decay stopped).
-    member = Member(Cluster(), Engine(PARITY), range(N), settings=Settings(idle_timeout=2.0))
-    member.cluster.publish(
-        [ev(1, "page_view", 0, contact_id=f"c-{i}", props={"url": "/"}) for i in range(20)]
-    )
-    run_members([member], random.Random(0))
+    member, quiet, newest = quiet_member(range(N))
     proc = member.proc
-    quiet = member.now + 3.0
-    newest = proc.clock_due(quiet)
-    assert newest is not None
     sent = len(member.cluster.logs.get((REPARTITION, 0), []))
     proc.send_clock(newest)
     assert len(member.cluster.logs.get((REPARTITION, 0), [])) == sent  # nobody to tell
