@@ -1052,7 +1052,8 @@ def test_a_worker_that_just_joined_waits_before_taking_another_workers_time() ->
     # A worker restarting after kill -9 has released nothing yet: it may find its inputs
     # at their end on its first fetch while the traffic goes on. The newest time another
     # worker tells it moves its contacts only once it has been quiet for idle_timeout
-    # since it joined (two-worker live soaks with kill -9 lost up to 2,964 crossings).
+    # since it joined (the clock re-sent after rebalances without this, 994eaea:
+    # two-worker live soaks with kill -9 differed in 149 - 2,964 crossings).
     member = Member(Cluster(), Engine(PARITY), [0, 1, 2], settings=Settings(idle_timeout=2.0))
     proc = member.proc
     member.now += 100.0  # long after the process started
