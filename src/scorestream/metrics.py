@@ -246,8 +246,11 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         merge_wait=Counter(
             "scorestream_merge_wait_seconds",
-            "Time the merge held buffered messages back, waiting for an input with unread "
-            "records or for an identity hand-over from another worker",
+            "Time the merge held buffered messages back, by reason: an input topic with "
+            "unread records (input), records of another worker not read yet (peer), a "
+            "poll of an empty input after the next message came (poll), an identity "
+            "hand-over before a plan switch (handover)",
+            ["reason"],
             registry=reg,
         ),
         late_events=Counter(

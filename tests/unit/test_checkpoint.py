@@ -311,9 +311,19 @@ def test_recovery_skips_a_zombie_writer() -> None:
     assert store.get_raw(b"c-1") == b"new-owner-1"
 
 
-@pytest.mark.parametrize("backlog", [False, True])
-def test_chunks_are_paced_unless_the_merge_holds_a_backlog(
-    backlog: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("backlog", "flowing", "paced"),
+    [
+        (False, None, True),
+        (True, None, False),
+        (False, True, True),
+        # nothing comes in (a backlog just applied): nothing to make room for
+        (False, False, False),
+        (True, True, False),
+    ],
+)
+def test_chunks_are_paced_only_while_messages_flow_without_a_backlog(
+    backlog: bool, flowing: bool | None, paced: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kafka = FakeKafka(inputs(4))
     life = Life(kafka, Disk(), None, 4)
@@ -321,6 +331,8 @@ def test_chunks_are_paced_unless_the_merge_holds_a_backlog(
     life.work(300)
     ticks = iter(range(1_000_000))
     life.checkpointer.clock = lambda: next(ticks) * 0.001  # 1 ms per reading
+    if flowing is not None:
+        life.checkpointer.flowing = lambda: flowing
     if backlog:
         life.proc.merger.buffered = checkpoint_mod.PACE_BELOW
     else:
@@ -333,7 +345,7 @@ def test_chunks_are_paced_unless_the_merge_holds_a_backlog(
     monkeypatch.setattr(checkpoint_mod.asyncio, "sleep", sleep)
     asyncio.run(life.checkpointer.run())
     chunks = [s for s in slept if s > 0]
-    if backlog:
+    if not paced:
         assert not chunks  # every chunk goes on at once
     else:
         # each chunk took one reading of the clock (1 ms): the loop gets as long again

@@ -53,7 +53,13 @@ from scorestream.engine.scorer import Engine
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts
 from scorestream.errors import EXIT_FAILURE, KafkaFailure, UsageError
 from scorestream.pipeline import merge
-from scorestream.pipeline.checkpoint import Checkpointer, CheckpointError, recover, recovery_start
+from scorestream.pipeline.checkpoint import (
+    PACE_BELOW,
+    Checkpointer,
+    CheckpointError,
+    recover,
+    recovery_start,
+)
 from scorestream.pipeline.processor import Processor
 from scorestream.pipeline.processor import Settings as ProcessorSettings
 from scorestream.pipeline.records import MIN_TS
@@ -87,6 +93,9 @@ PLANS_FAST = 0.2
 #: seconds between frontier markers, while the frontier moves (SCORESTREAM_MERGE_FRONTIERS;
 #: 0.01 was no different on backlogs of two workers)
 FRONT_INTERVAL = 0.05
+#: seconds since the last fetched batch during which messages count as flowing
+#: (Runtime.flowing): at 1,000 events/s batches come every few milliseconds
+FLOWING_SECONDS = 0.25
 #: how often the merge looks again at what it waits for, while it waits (seconds)
 PUMP_WAITING = 0.003
 PUMP_IDLE = 0.05
@@ -141,6 +150,24 @@ class QuietMonitor(Monitor):
         return None
 
 
+class BacklogWatch:
+    """Tells when the merge has just applied a backlog: it held ``PACE_BELOW`` records
+    or more (live traffic at 5,000 events/s kept at most 800 there) and now holds none."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def drained(self, buffered: int) -> bool:
+        """Whether the backlog has just been applied, given what the merge buffers now
+        (once per backlog)."""
+        if buffered >= PACE_BELOW:
+            self.held = True
+        elif buffered == 0 and self.held:
+            self.held = False
+            return True
+        return False
+
+
 class Runtime:
     """One worker process: settings, pipeline, Kafka edges, Faust app."""
 
@@ -182,12 +209,19 @@ class Runtime:
         self.state_root = Path(s.state_dir) / s.app_id
         self.ready = False
         self._ckpt_lock = asyncio.Lock()
+        #: when the last fetched batch came (time.time(); see flowing())
+        self._batch_at = 0.0
+        self._backlog = BacklogWatch()
+        #: set when a backlog has just been applied: a checkpoint then runs at once
+        self.drained = asyncio.Event()
         self._paused: set[TP] = set()
         self._frozen = False
         #: the collector's pause timer (set by main; None in tests that build a Runtime)
         self.gc_watch: GcWatch | None = None
         self._frozen_at = time.monotonic()
-        self._exported = {"late": 0, "waited": 0.0, "timeouts": 0, "stalls": 0, "passed": 0}
+        self._exported = {"late": 0, "timeouts": 0, "stalls": 0, "passed": 0}
+        #: merge wait seconds by reason already exported
+        self._waited: dict[str, float] = {}
         self._exported_rejected = 0
         self.metrics.rules_info.labels(rules.version).set(1)
         self._versions = {rules.version}
@@ -205,6 +239,7 @@ class Runtime:
             topology.real("scorestream.state-changelog"),
             topology.real(SCORES),
             clock=time.perf_counter,
+            flowing=self.flowing,
         )
 
     # ------------------------------------------------------------------ processing
@@ -325,14 +360,32 @@ class Runtime:
                 merger.fetched(source, now_ms)
                 if source.queue is not None and len(source.queue.items) >= limit:
                     self._pause(TP(topic, partition))
+        self._batch_at = now
         merger.look_again(now)
         proc.run(now, RUN_LIMIT)
+        self._note_backlog()
         proc.send_fronts(now)
         if self.waiting():
             self.wake_pump.set()
         self._observe_delays(now)
         self.metrics.processing.observe((time.perf_counter() - start) / max(1, count))
         self.outputs.poll()
+
+    def flowing(self) -> bool:
+        """Whether messages are coming in: a fetched batch came less than
+        ``FLOWING_SECONDS`` ago (checkpoints pace their chunks only then)."""
+        return time.time() - self._batch_at < FLOWING_SECONDS
+
+    def _note_backlog(self) -> None:
+        """After a backlog is applied, checkpoint at once rather than at the next tick.
+
+        The checkpoint that was due while the backlog was being applied took its snapshot
+        early on, so without this the backlog became durable only one timer interval
+        and one checkpoint later (1.0 - 2.0 s after the last event of a 100,000-event
+        backlog on one process, measured; 0.3 - 0.5 s with it).
+        """
+        if self._backlog.drained(self.processor.merger.buffered):
+            self.drained.set()
 
     def _observe_delays(self, now: float) -> None:
         times = self.processor.take_applied_times()
@@ -347,6 +400,7 @@ class Runtime:
             self.handover.freeze_check(now)
         proc.refresh(now)
         proc.run(now, RUN_LIMIT * 5)
+        self._note_backlog()
         proc.send_fronts(now)
         self._observe_delays(now)
         if self._paused:
@@ -492,13 +546,16 @@ class Runtime:
         merger = proc.merger
         seen = self._exported
         m.late_events.inc(proc.late - seen["late"])
-        m.merge_wait.inc(max(0.0, merger.waited - seen["waited"]))
+        waited = self._waited
+        for reason, spent in merger.waits.items():
+            if spent > waited.get(reason, 0.0):
+                m.merge_wait.labels(reason).inc(spent - waited.get(reason, 0.0))
+                waited[reason] = spent
         m.identify_timeouts.inc(merger.expect_timeouts - seen["timeouts"])
         m.merge_stalls.inc(merger.stalls - seen["stalls"])
         m.merge_frontier_passes.inc(merger.passed - seen["passed"])
         seen.update(
             late=proc.late,
-            waited=merger.waited,
             timeouts=merger.expect_timeouts,
             stalls=merger.stalls,
             passed=merger.passed,
@@ -552,6 +609,12 @@ class Runtime:
                 ],
                 "released_up_to": _event_time(merger.high[0]),
                 "waiting_for_a_poll": merger.waiting_for_poll,
+                # since start, by reason (as the metric): seconds the release waited,
+                # and how many times it began to wait
+                "waited": {
+                    reason: {"seconds": round(spent, 3), "times": merger.wait_counts[reason]}
+                    for reason, spent in merger.waits.items()
+                },
                 "handovers_awaited": merger.expected,
                 "contacts_awaiting": proc.awaiting,
                 "records_parked": proc.parked,
@@ -783,6 +846,16 @@ class Runtime:
                 await runtime.checkpoint()
 
         timer(s.checkpoint_interval)(checkpoint)
+
+        async def checkpoint_drained() -> None:
+            while True:
+                await runtime.drained.wait()
+                runtime.drained.clear()
+                if runtime.ready:
+                    await runtime.checkpoint()
+
+        task: Any = app.task
+        task(checkpoint_drained)
 
         async def tick() -> None:
             if runtime.ready:

@@ -73,6 +73,15 @@ AHEAD_SECONDS = 1.0
 #: against 8, 8 and 3 with 0: records reach Kafka across partitions a few ms out of the
 #: producer's order, and the extra poll catches them.
 FRESH_SLACK_MS = 0
+#: Why the release waited (``Merger.waits``): records in Kafka not read yet from an input
+#: topic; from the repartition topic (another worker's hand-overs, forwards, frontier
+#: markers); a poll of an empty input made after the head was fetched (see
+#: ``FRESH_SLACK_MS``); a hand-over before a plan switch (the barrier).
+WAIT_INPUT = "input"
+WAIT_PEER = "peer"
+WAIT_POLL = "poll"
+WAIT_HANDOVER = "handover"
+WAIT_REASONS = (WAIT_INPUT, WAIT_PEER, WAIT_POLL, WAIT_HANDOVER)
 #: Default of ``Merger.poll_stale``: well above a fetch's wait at the broker
 POLL_STALE_SECONDS = 1.0
 #: A consumer that has polled no input for this long (s) is taken as stuck rather than
@@ -249,7 +258,12 @@ class Merger:
         self.buffered = 0
         #: seconds during which records waited for a blocking source or an expected record
         self.waited = 0.0
+        #: the same seconds by reason (see WAIT_REASONS), and how many times a wait for
+        #: each reason began (a wait whose reason changes counts for both)
+        self.waits: dict[str, float] = dict.fromkeys(WAIT_REASONS, 0.0)
+        self.wait_counts: dict[str, int] = dict.fromkeys(WAIT_REASONS, 0)
         self._wait_began: float | None = None
+        self._wait_reason = ""
         #: releases that went past an expected record that never came (timed out)
         self.expect_timeouts = 0
         #: sources that stopped blocking because their high-water mark never arrived
@@ -445,11 +459,11 @@ class Merger:
         passing = False
         if self._blocking:
             if not self._passable(key):
-                self._waiting(True, now)
+                self._waiting(True, now, self._blocking_reason())
                 return None
             passing = True
         if self._at_barrier(key):
-            self._waiting(True, now)
+            self._waiting(True, now, WAIT_HANDOVER)
             return None
         hold = self.hold
         if hold is not None and key >= hold:
@@ -459,7 +473,7 @@ class Merger:
             # An empty input was last polled before this record was fetched: what reached
             # Kafka on it meanwhile is unknown. Wait for the consumer's next look at it.
             self._stale = True
-            self._waiting(True, now)
+            self._waiting(True, now, WAIT_POLL)
             return None
         self._stale = False
         if self._wait_began is not None:
@@ -612,13 +626,36 @@ class Merger:
             return expected
         return hold if expected is None or hold < expected else expected
 
-    def _waiting(self, waiting: bool, now: float) -> None:
+    def _blocking_reason(self) -> str:
+        """Why blocking sources hold the release: records of another worker (a
+        repartition partition) count before unread input records."""
+        for source in self._blocking:
+            if source.queue is None:
+                return WAIT_PEER
+        return WAIT_INPUT
+
+    def _waiting(self, waiting: bool, now: float, reason: str = "") -> None:
+        began = self._wait_began
         if waiting:
-            if self._wait_began is None:
+            if began is None:
                 self._wait_began = now
-        elif self._wait_began is not None:
-            self.waited += max(0.0, now - self._wait_began)
+                self._wait_reason = reason
+                self.wait_counts[reason] += 1
+            elif reason != self._wait_reason:
+                # the wait goes on for another reason: the time so far goes to the first
+                self._end_wait(began, now)
+                self._wait_began = now
+                self._wait_reason = reason
+                self.wait_counts[reason] += 1
+        elif began is not None:
+            self._end_wait(began, now)
             self._wait_began = None
+
+    def _end_wait(self, began: float, now: float) -> None:
+        spent = now - began
+        if spent > 0.0:
+            self.waited += spent
+            self.waits[self._wait_reason] += spent
 
     # ------------------------------------------------------------------ sources
 
