@@ -441,7 +441,7 @@ class Merger:
             heapq.heappop(heap)  # stale: its record was overtaken by an inserted one
         else:
             self._stale = False
-            self._waiting(False, now)
+            self._not_waiting(now)
             return None
         if self._unchecked:
             # Something waits to be released: now it matters whether an input that emptied
@@ -459,11 +459,11 @@ class Merger:
         passing = False
         if self._blocking:
             if not self._passable(key):
-                self._waiting(True, now, self._blocking_reason())
+                self._waiting(self._blocking_reason(), now)
                 return None
             passing = True
         if self._at_barrier(key):
-            self._waiting(True, now, WAIT_HANDOVER)
+            self._waiting(WAIT_HANDOVER, now)
             return None
         hold = self.hold
         if hold is not None and key >= hold:
@@ -473,11 +473,11 @@ class Merger:
             # An empty input was last polled before this record was fetched: what reached
             # Kafka on it meanwhile is unknown. Wait for the consumer's next look at it.
             self._stale = True
-            self._waiting(True, now, WAIT_POLL)
+            self._waiting(WAIT_POLL, now)
             return None
         self._stale = False
         if self._wait_began is not None:
-            self._waiting(False, now)
+            self._not_waiting(now)
         if passing:
             self.passed += 1
         record = items.popleft()
@@ -634,20 +634,20 @@ class Merger:
                 return WAIT_PEER
         return WAIT_INPUT
 
-    def _waiting(self, waiting: bool, now: float, reason: str = "") -> None:
+    def _waiting(self, reason: str, now: float) -> None:
+        """The release is held for ``reason`` (one of WAIT_REASONS) at ``now``."""
         began = self._wait_began
-        if waiting:
-            if began is None:
-                self._wait_began = now
-                self._wait_reason = reason
-                self.wait_counts[reason] += 1
-            elif reason != self._wait_reason:
+        if began is None or reason != self._wait_reason:
+            if began is not None:
                 # the wait goes on for another reason: the time so far goes to the first
                 self._end_wait(began, now)
-                self._wait_began = now
-                self._wait_reason = reason
-                self.wait_counts[reason] += 1
-        elif began is not None:
+            self._wait_began = now
+            self._wait_reason = reason
+            self.wait_counts[reason] += 1
+
+    def _not_waiting(self, now: float) -> None:
+        began = self._wait_began
+        if began is not None:
             self._end_wait(began, now)
             self._wait_began = None
 
