@@ -185,7 +185,7 @@ class Checkpointer:
                     # committed nothing until the backlog was applied. Nor when nothing
                     # comes in (a backlog just applied): pacing then only delays the
                     # commit (the checkpoint after a 100,000-event backlog took 0.67 s
-                    # for 5,800 states, half of it paced).
+                    # for 5,800 states, each chunk followed by such a pause).
                     live = proc.merger.buffered < PACE_BELOW and (
                         self.flowing is None or self.flowing()
                     )
