@@ -1,7 +1,7 @@
 """Why the merge waited (Merger.waits, scorestream_merge_wait_seconds{reason}): records
-of another worker not read yet, unread records of an input topic, a hand-over before a
-plan switch; and the worker's BacklogWatch, which starts a checkpoint once a backlog has
-been applied."""
+of another worker not read yet, unread records of an input topic, a poll of an empty
+input older than the next record, a hand-over before a plan switch; and the worker's
+BacklogWatch, which starts a checkpoint once a backlog has been applied."""
 
 from __future__ import annotations
 
@@ -97,3 +97,16 @@ def test_a_backlog_is_reported_applied_once_when_the_merge_empties() -> None:
     # a backlog: reported when the merge is empty again, and only then
     seen = [watch.drained(n) for n in (PACE_BELOW, 50_000, 1_200, 0, 0, 300, 0)]
     assert seen == [False, False, False, True, False, False, False]
+
+
+def test_a_wait_for_a_poll_of_an_empty_input_counts_as_poll() -> None:
+    polls = {("a", 0): 2_000, ("b", 0): 1_000, ("rep", 0): 2_000}  # ms
+    f = Fixture({})  # every input caught up
+    f.merger.polled = lambda topic, part: polls.get((topic, part))
+    f.merger.fetched(f.merger.sources[("a", 0)], 2_000)  # the record came at 2,000 ms
+    # b was last polled at 1,000 ms, before the record came: what reached b since is unknown
+    assert f.pop(2.0) is None
+    polls[("b", 0)] = 2_100
+    assert f.pop(2.3) is not None
+    assert f.merger.waits["poll"] == pytest.approx(0.3)
+    assert f.merger.wait_counts == {"input": 0, "peer": 0, "poll": 1, "handover": 0}
