@@ -548,8 +548,9 @@ class Runtime:
         m.late_events.inc(proc.late - seen["late"])
         waited = self._waited
         for reason, spent in merger.waits.items():
-            if spent > waited.get(reason, 0.0):
-                m.merge_wait.labels(reason).inc(spent - waited.get(reason, 0.0))
+            before = waited.get(reason, 0.0)
+            if spent > before:
+                m.merge_wait.labels(reason).inc(spent - before)
                 waited[reason] = spent
         m.identify_timeouts.inc(merger.expect_timeouts - seen["timeouts"])
         m.merge_stalls.inc(merger.stalls - seen["stalls"])

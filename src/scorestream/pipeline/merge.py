@@ -256,10 +256,9 @@ class Merger:
         self._expected_min: Key | None = None
         #: records in all queues
         self.buffered = 0
-        #: seconds during which records waited for a blocking source or an expected record
-        self.waited = 0.0
-        #: the same seconds by reason (see WAIT_REASONS), and how many times a wait for
-        #: each reason began (a wait whose reason changes counts for both)
+        #: seconds during which records waited, by reason (see WAIT_REASONS; ``waited``
+        #: is their sum), and how many times a wait for each reason began (a wait whose
+        #: reason changes counts for both)
         self.waits: dict[str, float] = dict.fromkeys(WAIT_REASONS, 0.0)
         self.wait_counts: dict[str, int] = dict.fromkeys(WAIT_REASONS, 0)
         self._wait_began: float | None = None
@@ -654,7 +653,6 @@ class Merger:
     def _end_wait(self, began: float, now: float) -> None:
         spent = now - began
         if spent > 0.0:
-            self.waited += spent
             self.waits[self._wait_reason] += spent
 
     # ------------------------------------------------------------------ sources
@@ -854,6 +852,12 @@ class Merger:
                 del self._expected[token]
                 self.expect_timeouts += 1
             self._expected_min = min((e.key for e in self._expected.values()), default=None)
+
+    @property
+    def waited(self) -> float:
+        """Seconds during which records waited for a blocking source or an expected
+        record, whatever the reason."""
+        return sum(self.waits.values())
 
     @property
     def blocked(self) -> bool:
