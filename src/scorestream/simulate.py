@@ -7,10 +7,17 @@ download e-books and sign up for webinars; submitting a form identifies them and
 a profile (job title, company size, industry, country). Marketing sends them e-mails,
 some of which they open. They put products in carts and start checkouts, and low-intent
 people often abandon the checkout. A few are keen buyers who end up on the contact form;
-some unsubscribe. Each person has a hidden *intent* (0..1, Beta(1.2, 4)): keen people
-act more often and do more of the things that lead to a sale. The same seed gives the
-same traffic; with ``--start`` event times are simulated (deterministic files for
-``scorestream score``), without it they are now.
+some unsubscribe. Around the website run the company's other product lines, whose
+systems publish custom events (``events.custom``): a streaming service's billing
+(trials, monthly and yearly payments, film packages, failed payments, cancellations), a
+brand app (downloads, coupons, scanned receipts, leaflet opt-outs, loyalty tiers), and
+the shop's orders, removals from carts and bounced e-mails; profiles carry a phone
+number, whether the e-mail address was verified, and a loyalty card and tier for some.
+So every shipped plan in ``rules/`` finds events to score, and traffic covers every
+input topic and every event type of the contract. Each person has a hidden *intent*
+(0..1, Beta(1.2, 4)): keen people act more often and do more of the things that lead
+to a sale. The same seed gives the same traffic; with ``--start`` event times are
+simulated (deterministic files for ``scorestream score``), without it they are now.
 
 Outcomes (``--outcomes FILE``)
 ------------------------------
@@ -89,6 +96,23 @@ OTHER = ["/", "/about", "/careers", "/docs/getting-started"]
 #: forms other than the contact form (which only keen people fill in)
 FORMS = ["ebook-guide", "webinar-q4", "newsletter"]
 CART_KINDS = ["cart_add", "product_review_view", "product_compare", "checkout_start"]
+#: film packages of the streaming service (rules/streaming.yaml scores those with "film")
+PACKAGES = ["film-classics", "family-films", "arthouse-films", "sports-live", "kids-club"]
+PLATFORMS = ["ios", "android"]
+LOYALTY_TIERS = ["member", "member", "silver", "gold"]
+#: custom event types of the other product lines (events.custom)
+CUSTOM_TYPES: tuple[str, ...] = (
+    "subscription_payment",
+    "package_purchased",
+    "payment_failed",
+    "subscription_cancelled",
+    "trial_started",
+    "app_download",
+    "coupon_redeemed",
+    "receipt_scanned",
+    "leaflet_unsubscribe",
+    "loyalty_tier_reached",
+)
 #: every event type the simulator emits
 EVENT_TYPES: tuple[str, ...] = (
     "page_view",
@@ -99,8 +123,12 @@ EVENT_TYPES: tuple[str, ...] = (
     "email_open",
     "email_click",
     "email_unsubscribe",
+    "email_bounce",
     *CART_KINDS,
     "cart_abandon",
+    "cart_remove",
+    "purchase",
+    *CUSTOM_TYPES,
 )
 
 # --- the planted outcome model (see the module docstring) -----------------------------
@@ -332,13 +360,88 @@ class Traffic:
 
     def _profile(self) -> str:
         r = self._rng.random
+        # About a third hold a loyalty card (rules/consumer_goods.yaml scores it and the
+        # tier); the rest have neither attribute.
+        loyalty = (
+            f',"loyalty_card":"LC-{int(r() * 1_000_000):06d}",'
+            f'"loyalty_tier":"{LOYALTY_TIERS[int(r() * len(LOYALTY_TIERS))]}"'
+            if r() < 0.35
+            else ""
+        )
+        # Some left a phone number; the mailing system knows whether the address was
+        # verified (a JSON boolean: rules/three_models.yaml tests it).
+        phone = f',"phone":"+49 30 {int(r() * 10_000_000):07d}"' if r() < 0.5 else ""
+        verified = "true" if r() < 0.6 else "false"
         return (
             ',"properties":{"attributes":{'
             f'"job_title":"{TITLES[int(r() * len(TITLES))]}",'
             f'"company_size":{COMPANY_SIZES[int(r() * len(COMPANY_SIZES))]},'
             f'"industry":"{INDUSTRIES[int(r() * len(INDUSTRIES))]}",'
-            f'"country":"{COUNTRIES[int(r() * len(COUNTRIES))]}"}}}}'
+            f'"country":"{COUNTRIES[int(r() * len(COUNTRIES))]}"{phone},'
+            f'"email_verified":{verified}{loyalty}}}}}'
         )
+
+    def _product_line(self, i: int, w: float, known: int) -> tuple[str, str]:
+        """An event of the other product lines, or the shop's orders: ``(type, props)``.
+
+        Keen people pay, buy and scan receipts more often (``w`` is their intent).
+        Anonymous visitors only install the app or empty a cart.
+        """
+        r = self._rng.random
+        if not known:
+            if r() < 0.3:
+                return "app_download", f',"properties":{{"platform":"{PLATFORMS[int(r() * 2)]}"}}'
+            return "cart_remove", f',"properties":{{"product_id":"sku-{1 + int(r() * 50)}"}}'
+        roll = r()
+        if roll < 0.3:  # the streaming service's billing
+            if r() < 0.2 + w:
+                if r() < 0.25 + w / 2:
+                    plan, amount = "yearly", "99.0"
+                else:
+                    plan, amount = "monthly", "9.99"
+                return (
+                    "subscription_payment",
+                    f',"properties":{{"plan":"{plan}","amount":{amount},"currency":"EUR"}}',
+                )
+            other = r()
+            kind = (
+                "trial_started"
+                if other < 0.45
+                else "payment_failed"
+                if other < 0.85
+                else "subscription_cancelled"
+            )
+            return kind, ',"properties":{"plan":"monthly"}'
+        if roll < 0.4:
+            package = PACKAGES[int(r() * len(PACKAGES))]
+            return "package_purchased", f',"properties":{{"package_id":"{package}","amount":4.99}}'
+        if roll < 0.48:
+            return "app_download", f',"properties":{{"platform":"{PLATFORMS[int(r() * 2)]}"}}'
+        if roll < 0.58:
+            return "coupon_redeemed", f',"properties":{{"coupon_id":"cp-{1 + int(r() * 20)}"}}'
+        if roll < 0.58 + 0.12 * (0.5 + w):
+            total = (100 + int(r() * 14_901)) / 100  # 1.00 .. 150.00
+            return "receipt_scanned", f',"properties":{{"basket":{{"total":{total!r}}}}}'
+        if roll < 0.76:
+            return "leaflet_unsubscribe", ""
+        if roll < 0.8:
+            tier = LOYALTY_TIERS[int(r() * len(LOYALTY_TIERS))]
+            return "loyalty_tier_reached", f',"properties":{{"tier":"{tier}"}}'
+        if roll < 0.8 + 0.14 * (0.5 + w):
+            value = (1000 + int(r() * 89_001)) / 100
+            return (
+                "purchase",
+                f',"properties":{{"product_id":"sku-{1 + int(r() * 50)}",'
+                f'"value":{value!r},"currency":"EUR"}}',
+            )
+        mine = self._campaigns.get(i)
+        if mine and r() < 0.5:
+            name = mine[-1]
+            return (
+                "email_bounce",
+                f',"properties":{{"campaign_id":"{name}","message_id":"{name}-{i}"}}',
+            )
+        return "cart_remove", f',"properties":{{"product_id":"sku-{1 + int(r() * 50)}"}}'
 
     def _events(self) -> Iterator[tuple[str, str, str]]:
         """The stream. The hot loop: everything it touches is a local variable."""
@@ -443,7 +546,13 @@ class Traffic:
                     unsub[i] = 1
                     signals[i] |= _UNSUB
                     self._leave_reach(i)
-                    yield line(i, "email_unsubscribe", f',"properties":{{"campaign_id":"{name}"}}')
+                    # half leave the newsletter list, the rest only the campaign
+                    listed = ',"list":"newsletter"' if r() < 0.5 else ""
+                    yield line(
+                        i,
+                        "email_unsubscribe",
+                        f',"properties":{{"campaign_id":"{name}"{listed}}}',
+                    )
             elif roll < 0.85:
                 kind = CART_KINDS[int(r() * len(CART_KINDS))]
                 value = (1000 + int(r() * 89_001)) / 100  # 10.00 .. 900.00, like round(x, 2)
@@ -460,6 +569,9 @@ class Traffic:
                     yield line(i, "cart_abandon", props)
             elif roll < 0.9 and known[i]:
                 yield line(i, "profile_update", self._profile())
+            elif roll >= 0.92:
+                kind, props = self._product_line(i, w, known[i])
+                yield line(i, kind, props)
             else:
                 yield line(i, "page_view", _PAGE_PLAIN[int(r() * len(_PAGE_PLAIN))])
 

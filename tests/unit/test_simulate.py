@@ -14,7 +14,9 @@ import pytest
 
 from scorestream import cli, simulate
 from scorestream.engine.events import InvalidEvent, decode_event
+from scorestream.engine.rules import load_rules
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
+from scorestream.pipeline.routing import INPUT_TOPICS, topic_for
 from scorestream.simulate import (
     BAD_MESSAGES,
     BAD_OUTCOMES,
@@ -32,6 +34,7 @@ from scorestream.simulate import (
 )
 
 START = "2026-03-01T00:00:00Z"
+RULES = Path(__file__).resolve().parents[2] / "rules"
 DAY_US = 86_400 * US_PER_SECOND
 
 
@@ -78,6 +81,7 @@ def test_every_event_is_valid_and_written_as_json_dumps_would(tmp_path: Path) ->
         else:
             assert ("contact_id" in raw) != ("anonymous_id" in raw)
         assert event.event_id == raw["event_id"]
+    # every type of the contract's table (docs/events.md), on every input topic
     assert set(kinds) == {
         "page_view",
         "form_submit",
@@ -87,13 +91,38 @@ def test_every_event_is_valid_and_written_as_json_dumps_would(tmp_path: Path) ->
         "email_open",
         "email_click",
         "email_unsubscribe",
+        "email_bounce",
         "cart_add",
+        "cart_remove",
         "product_review_view",
         "product_compare",
         "checkout_start",
+        "purchase",
         "cart_abandon",
+        *simulate.CUSTOM_TYPES,
     }
+    assert {topic_for(kind) for kind in kinds} == set(INPUT_TOPICS)
     assert kinds["page_view"] > kinds["form_submit"] > kinds["email_unsubscribe"]
+
+
+@pytest.mark.parametrize("plan", sorted(RULES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_model_of_every_shipped_plan_gets_leads(tmp_path: Path, plan: Path) -> None:
+    """``simulate`` feeds every shipped plan: each model enters a tier for someone.
+
+    Before the custom events (streaming service, brand app) two shipped plans scored
+    nothing at all on simulated traffic, so a demo or a soak with them tested nothing.
+    """
+    code, out = run(tmp_path, "--events", "30000", "--contacts", "1000")
+    assert code == cli.EXIT_OK
+    crossings = tmp_path / "crossings.jsonl"
+    argv = ["score", "--rules", str(plan), str(out), "--crossings", str(crossings)]
+    assert cli.main(argv) == cli.EXIT_OK
+    entered = {
+        doc["model"]
+        for doc in map(json.loads, crossings.read_text().splitlines())
+        if doc["direction"] == "up"
+    }
+    assert entered == set(load_rules(plan).model_by_name)
 
 
 def test_simulated_times_are_one_step_apart(tmp_path: Path) -> None:
