@@ -7,7 +7,9 @@ Visitors browse anonymously (blog, pricing, carts), many are identified by a for
 ``identify`` keyed by the contact, while their earlier events are keyed by the cookie,
 so the two usually live in different partitions), some keep browsing with only the
 cookie after that, marketing e-mails arrive and are sometimes opened within the 30 min
-window, profiles change (a country removed again). Event times are whole seconds, so
+window, profiles change (a country removed again), and custom events of other product
+lines (trials that a payment may convert within 45 min, payments, app installs) come on
+``events.custom``, so every input topic carries events. Event times are whole seconds, so
 events of one contact on different topics often share a timestamp; a share of events is
 published late (after newer events of the same topic).
 """
@@ -18,6 +20,9 @@ import random
 from typing import Any
 
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
+
+#: custom events of other product lines, and the shop's orders and removals
+PRODUCT_LINES = ["trial_started", "subscription_payment", "app_download", "purchase", "cart_remove"]
 
 
 def journeys(
@@ -130,6 +135,16 @@ def journeys(
                         )
                 if rng.random() < 0.05:
                     add(t + 7200, {"type": "email_unsubscribe", **ids})
+            elif roll < 0.88:
+                # The other product lines (events.custom) and the shop's orders: a trial
+                # that a payment may convert within the plan's window, payments, app
+                # installs (also by cookie), purchases and removals from carts.
+                kind = rng.choice(PRODUCT_LINES)
+                props = {"plan": "monthly"} if kind != "purchase" else {"value": 40}
+                add(t, {"type": kind, **browse, "properties": props})
+                if kind == "trial_started" and rng.random() < 0.5:
+                    paid = t + rng.choice([0, 600, 2700, 2701, 4000])
+                    add(paid, {"type": "subscription_payment", **browse})
             elif known or rng.random() < 0.3:
                 attrs: dict[str, Any] = {
                     "company_size": rng.choice([10, 150, 200, 900]),
