@@ -3,7 +3,7 @@ broker and topics, and end-to-end latency at steady rates (event produced -> cro
 consumed).
 
     .venv/bin/python bench/worker_bench.py [--events 60000] [--rates 1000,1000,1000,5000]
-        [--seconds 20] [--no-processes] [--rounds 3] [--steady-events 100000]
+        [--seconds 20] [--no-processes] [--rounds 3] [--steady-events 400000]
 
 Needs the local broker (`scorestream broker start`). Every run uses fresh topics with a
 unique prefix and deletes them at the end. Throughput figures are events per second from
@@ -19,12 +19,16 @@ in the same run against:
 * and ``scorestream worker --processes 2`` against one process (more workers per host):
   from the start over the backlog (the second process's join and the rebalance
   included), and in ``--rounds`` rounds on fresh backlogs with both groups settled
-  (``--steady-events`` each). The groups are frozen while a backlog is produced, and
-  then apply it one after the other (the first alternates), the other frozen, so the
-  figures are processing rates that do not compete. A round's rate runs until the
-  group has committed the whole backlog, that is until a checkpoint made it durable
-  (checkpoint work still owed when the last event is applied belongs to the same
-  events; the rate to the last event applied is printed too). For each round it prints
+  (``--steady-events`` each, 400,000 by default: a round then lasts 7 - 17 s. With
+  100,000 (2 - 4 s a round, the default until the twenty-second session) a round's fixed
+  costs, the first fetch of every partition and the checkpoint after the last event,
+  were a quarter of it, and the ratio measured those more than the rate). The groups
+  are frozen while a backlog is produced, and then apply it one after the other (the
+  first alternates), the other frozen, so the figures are processing rates that do not
+  compete. A round's rate runs until the group has committed the whole backlog, that is
+  until a checkpoint made it durable (checkpoint work still owed when the last event is
+  applied belongs to the same events; the rate to the last event applied is printed
+  too). For each round it prints
   the cores used by the workers (the process and its descendants), the broker and
   itself, how busy the machine was (``/proc``), the CPU per event, and the ratio the
   machine's CPU allows: the cores left to two processes beside the broker and the
@@ -656,7 +660,7 @@ def main() -> None:
     parser.add_argument(
         "--steady-events",
         type=int,
-        default=100_000,
+        default=400_000,
         help="fresh backlog produced while the settled workers are frozen (steady rate)",
     )
     parser.add_argument(

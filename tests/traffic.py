@@ -23,6 +23,13 @@ from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
 
 #: custom events of other product lines, and the shop's orders and removals
 PRODUCT_LINES = ["trial_started", "subscription_payment", "app_download", "purchase", "cart_remove"]
+PRODUCT_PROPS: dict[str, dict[str, Any]] = {
+    "trial_started": {"plan": "monthly"},
+    "subscription_payment": {"plan": "monthly", "amount": 9.99},
+    "app_download": {"platform": "ios"},
+    "purchase": {"product_id": "p1", "value": 40},
+    "cart_remove": {"product_id": "p1"},
+}
 
 
 def journeys(
@@ -140,8 +147,7 @@ def journeys(
                 # that a payment may convert within the plan's window, payments, app
                 # installs (also by cookie), purchases and removals from carts.
                 kind = rng.choice(PRODUCT_LINES)
-                props = {"plan": "monthly"} if kind != "purchase" else {"value": 40}
-                add(t, {"type": kind, **browse, "properties": props})
+                add(t, {"type": kind, **browse, "properties": PRODUCT_PROPS[kind]})
                 if kind == "trial_started" and rng.random() < 0.5:
                     paid = t + rng.choice([0, 600, 2700, 2701, 4000])
                     add(paid, {"type": "subscription_payment", **browse})

@@ -273,6 +273,7 @@ _PAGE = {url: _page_props(url) for url in (*BLOG, *PRICING, *OTHER)}
 _PAGE_PLAIN = [_page_props(url, title=False) for url in OTHER]
 _FORM_HEAD = {form: f',"properties":{{"form_id":"{form}","fields":{{"email":"' for form in FORMS}
 _FORM_HEAD["contact"] = ',"properties":{"form_id":"contact","fields":{"email":"'
+_APP = [_props({"platform": platform}) for platform in PLATFORMS]
 
 
 class Traffic:
@@ -390,7 +391,7 @@ class Traffic:
         r = self._rng.random
         if not known:
             if r() < 0.3:
-                return "app_download", f',"properties":{{"platform":"{PLATFORMS[int(r() * 2)]}"}}'
+                return "app_download", _APP[int(r() * len(_APP))]
             return "cart_remove", f',"properties":{{"product_id":"sku-{1 + int(r() * 50)}"}}'
         roll = r()
         if roll < 0.3:  # the streaming service's billing
@@ -416,7 +417,7 @@ class Traffic:
             package = PACKAGES[int(r() * len(PACKAGES))]
             return "package_purchased", f',"properties":{{"package_id":"{package}","amount":4.99}}'
         if roll < 0.48:
-            return "app_download", f',"properties":{{"platform":"{PLATFORMS[int(r() * 2)]}"}}'
+            return "app_download", _APP[int(r() * len(_APP))]
         if roll < 0.58:
             return "coupon_redeemed", f',"properties":{{"coupon_id":"cp-{1 + int(r() * 20)}"}}'
         if roll < 0.58 + 0.12 * (0.5 + w):
