@@ -12,9 +12,10 @@ workers lag the producer, as after an outage), kills a random worker with SIGKIL
 seconds, restarts it, waits until everything is processed and compares the crossings on
 ``leads.sales_ready`` (by ``crossing_id``, every field, and whether one id was sent
 with two contents) and the DLQ with ``scorestream score`` on the same events. Exit 0
-when they are identical and there was at least one crossing to compare. Events that reach Kafka after newer events of their contact
-were fetched are legitimately applied late (docs/rules.md), so a live run may differ
-from ``score`` in a few crossings; see the README, *Known limits*.
+when they are identical and there was at least one crossing to compare. Events that
+reach Kafka after newer events of their contact were fetched are legitimately applied
+late (docs/rules.md), so a live run may differ from ``score`` in a few crossings; see
+the README, *Known limits*.
 """
 
 from __future__ import annotations
