@@ -21,8 +21,8 @@ from typing import Any
 
 from scorestream.engine.timeutil import US_PER_SECOND, format_ts, parse_ts
 
-#: custom events of other product lines, and the shop's orders and removals
-PRODUCT_LINES = ["trial_started", "subscription_payment", "app_download", "purchase", "cart_remove"]
+#: custom events of other product lines, and the shop's orders and removals, with the
+#: properties each carries (drawn in this order)
 PRODUCT_PROPS: dict[str, dict[str, Any]] = {
     "trial_started": {"plan": "monthly"},
     "subscription_payment": {"plan": "monthly", "amount": 9.99},
@@ -146,7 +146,7 @@ def journeys(
                 # The other product lines (events.custom) and the shop's orders: a trial
                 # that a payment may convert within the plan's window, payments, app
                 # installs (also by cookie), purchases and removals from carts.
-                kind = rng.choice(PRODUCT_LINES)
+                kind = rng.choice(list(PRODUCT_PROPS))
                 add(t, {"type": kind, **browse, "properties": PRODUCT_PROPS[kind]})
                 if kind == "trial_started" and rng.random() < 0.5:
                     paid = t + rng.choice([0, 600, 2700, 2701, 4000])

@@ -382,6 +382,19 @@ class Traffic:
             f'"email_verified":{verified}{loyalty}}}}}'
         )
 
+    def _product(self) -> str:
+        """Properties of a product in a cart or an order: an id, a value, a currency."""
+        r = self._rng.random
+        value = (1000 + int(r() * 89_001)) / 100  # 10.00 .. 900.00, like round(x, 2)
+        return (
+            f',"properties":{{"product_id":"sku-{1 + int(r() * 50)}",'
+            f'"value":{value!r},"currency":"EUR"}}'
+        )
+
+    def _sku(self) -> str:
+        """Properties naming a product only (a removal from a cart)."""
+        return f',"properties":{{"product_id":"sku-{1 + int(self._rng.random() * 50)}"}}'
+
     def _product_line(self, i: int, w: float, known: int) -> tuple[str, str]:
         """An event of the other product lines, or the shop's orders: ``(type, props)``.
 
@@ -392,7 +405,7 @@ class Traffic:
         if not known:
             if r() < 0.3:
                 return "app_download", _APP[int(r() * len(_APP))]
-            return "cart_remove", f',"properties":{{"product_id":"sku-{1 + int(r() * 50)}"}}'
+            return "cart_remove", self._sku()
         roll = r()
         if roll < 0.3:  # the streaming service's billing
             if r() < 0.2 + w:
@@ -429,12 +442,7 @@ class Traffic:
             tier = LOYALTY_TIERS[int(r() * len(LOYALTY_TIERS))]
             return "loyalty_tier_reached", f',"properties":{{"tier":"{tier}"}}'
         if roll < 0.8 + 0.14 * (0.5 + w):
-            value = (1000 + int(r() * 89_001)) / 100
-            return (
-                "purchase",
-                f',"properties":{{"product_id":"sku-{1 + int(r() * 50)}",'
-                f'"value":{value!r},"currency":"EUR"}}',
-            )
+            return "purchase", self._product()
         mine = self._campaigns.get(i)
         if mine and r() < 0.5:
             name = mine[-1]
@@ -442,7 +450,7 @@ class Traffic:
                 "email_bounce",
                 f',"properties":{{"campaign_id":"{name}","message_id":"{name}-{i}"}}',
             )
-        return "cart_remove", f',"properties":{{"product_id":"sku-{1 + int(r() * 50)}"}}'
+        return "cart_remove", self._sku()
 
     def _events(self) -> Iterator[tuple[str, str, str]]:
         """The stream. The hot loop: everything it touches is a local variable."""
@@ -453,6 +461,7 @@ class Traffic:
         envelope = 0.2 + _intent_quantiles()[-1]
         known, unsub, signals, last = self._known, self._unsub, self._signals, self._last
         campaigns, reach, reach_at = self._campaigns, self._reach, self._reach_at
+        product = self._product
         clock = time.time_ns
         count = campaign = 0
         second, second_text = -1, ""
@@ -556,11 +565,7 @@ class Traffic:
                     )
             elif roll < 0.85:
                 kind = CART_KINDS[int(r() * len(CART_KINDS))]
-                value = (1000 + int(r() * 89_001)) / 100  # 10.00 .. 900.00, like round(x, 2)
-                props = (
-                    f',"properties":{{"product_id":"sku-{1 + int(r() * 50)}",'
-                    f'"value":{value!r},"currency":"EUR"}}'
-                )
+                props = product()
                 if kind == "checkout_start":
                     signals[i] |= _CHECKOUT
                 yield line(i, kind, props)
